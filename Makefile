@@ -1,0 +1,45 @@
+# The Makefile is the interface: `make demo`, `make test`, `make lint`, `make bench`.
+# Every target creates the virtual environment on first use (`make setup`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dsbs-installed
+# The CPU engine here and in CI; GPU images install `.[gpu]` instead (docker/).
+EXTRAS ?= cpu,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint format typecheck demo bench clean
+
+setup: $(STAMP)
+
+# Rebuilt only when the project's dependencies change, so a second `make setup` does nothing.
+$(STAMP): pyproject.toml scripts/setup_env.sh
+	EXTRAS=$(EXTRAS) PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: setup
+	@echo "make demo: not yet - the end-to-end pipeline lands with issue 6 (dsbs run)."
+	@echo "What works today: $(BIN)/dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl"
+	$(BIN)/dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
+
+bench: setup
+	@echo "Benchmarks arrive with the stage issues; see BENCHMARKS.md."
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

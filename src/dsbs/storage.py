@@ -1,0 +1,310 @@
+"""Local and s3:// I/O for rows (jsonl, parquet, csv) and bytes, with atomic writes.
+
+S3 credentials, region and endpoint come from the environment or an AWS profile, as boto3
+and pyarrow read them (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_ENDPOINT_URL_S3` /
+`AWS_ENDPOINT_URL` for S3-compatible servers such as MinIO) - never from config files.
+
+Atomic means a reader never sees a partial file under its final name: local writes go to a
+temporary file in the same folder and are renamed over the target; an S3 object becomes
+visible only when its upload completes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+Format = Literal["jsonl", "parquet", "csv"]
+FORMATS: dict[str, Format] = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
+
+
+class StorageError(OSError):
+    """A path that cannot be read or written, or a file in an unknown format."""
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One row as read from a file: the parsed data, or why it could not be parsed."""
+
+    file: str
+    """The file it came from."""
+    line: int
+    """1-based line in jsonl/csv; 1-based row number in parquet."""
+    data: dict[str, Any] | None
+    """The parsed row, or None when `error` says why not."""
+    error: str | None = None
+    """Why the row is bad (malformed JSON, not UTF-8, ...)."""
+    raw: str = ""
+    """The raw text of a bad row, for the quarantine file (undecodable bytes escaped)."""
+
+
+def is_s3(uri: str) -> bool:
+    """Whether `uri` names an S3 object or prefix."""
+    return uri.startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Joins path parts for local paths and s3:// URIs alike."""
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket in s3 URI")
+    return bucket, key
+
+
+@lru_cache(maxsize=4)
+def _s3_client_for(endpoint: str | None) -> Any:
+    import boto3
+
+    # boto3 reads credentials, profile and region itself; the endpoint is passed explicitly
+    # so that older botocore releases without AWS_ENDPOINT_URL support behave the same.
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint from the environment, or None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client configured from the environment."""
+    return _s3_client_for(s3_endpoint())
+
+
+def format_of(uri: str) -> Format:
+    """The row format a path's extension names.
+
+    Raises:
+        StorageError: for an extension other than .jsonl/.json, .parquet or .csv.
+    """
+    suffix = Path(uri.rstrip("/")).suffix.lower()
+    if suffix not in FORMATS:
+        raise StorageError(f"{uri}: unknown format '{suffix}' (expected .jsonl, .parquet or .csv)")
+    return FORMATS[suffix]
+
+
+def exists(uri: str) -> bool:
+    """Whether a file (or, for s3, an object) exists."""
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = _split_s3(uri)
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise StorageError(f"{uri}: {err}") from err
+    return True
+
+
+def list_files(uri: str) -> list[str]:
+    """Files under a folder or s3:// prefix, recursively, sorted; a file lists as itself."""
+    if not is_s3(uri):
+        path = Path(uri)
+        if path.is_file():
+            return [str(path)]
+        return sorted(str(p) for p in path.rglob("*") if p.is_file())
+    bucket, key = _split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    names = []
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        names.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    if not names and key and exists(uri):
+        return [uri]
+    return sorted(names)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of a local file or S3 object.
+
+    Raises:
+        StorageError: when it is missing or unreadable.
+    """
+    try:
+        if is_s3(uri):
+            bucket, key = _split_s3(uri)
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return Path(uri).read_bytes()
+    except Exception as err:
+        raise StorageError(f"{uri}: cannot read: {err}") from err
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes `data` atomically: the target holds either its old content or all of `data`."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        # upload_fileobj switches to multipart for large data; S3 publishes the object only
+        # when the upload completes, so readers never see a part of it.
+        s3_client().upload_fileobj(io.BytesIO(data), bucket, key)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def iter_rows(uri: str) -> Iterator[SourceRow]:
+    """Rows of one jsonl, csv or parquet file, bad ones included with the reason.
+
+    A jsonl line that is not UTF-8 or not a JSON object, or a csv line with the wrong
+    number of fields, comes back with `data=None` and an `error`, so that callers can
+    quarantine it and go on. Blank jsonl lines are skipped.
+    """
+    fmt = format_of(uri)
+    data = read_bytes(uri)
+    if fmt == "parquet":
+        table = pq.read_table(io.BytesIO(data))
+        for number, row in enumerate(table.to_pylist(), start=1):
+            yield SourceRow(uri, number, row)
+    elif fmt == "csv":
+        yield from _iter_csv(uri, data)
+    else:
+        yield from _iter_jsonl(uri, data)
+
+
+def _iter_jsonl(uri: str, data: bytes) -> Iterator[SourceRow]:
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            escaped = raw.decode("utf-8", errors="backslashreplace")
+            yield SourceRow(uri, number, None, f"not UTF-8 (byte {err.start})", escaped)
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield SourceRow(uri, number, None, f"malformed JSON: {err.msg} (col {err.colno})", text)
+            continue
+        if not isinstance(row, dict):
+            yield SourceRow(uri, number, None, f"expected a JSON object, got {type(row).__name__}", text)
+            continue
+        yield SourceRow(uri, number, row)
+
+
+def _iter_csv(uri: str, data: bytes) -> Iterator[SourceRow]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        # csv has no reliable line framing inside quoted fields, so a bad byte fails the file.
+        line = data[: err.start].count(b"\n") + 1
+        raise StorageError(f"{uri}:{line}: not UTF-8 (byte {err.start})") from err
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in reader:
+        line = reader.line_num
+        if None in row or any(value is None for value in row.values()):
+            yield SourceRow(uri, line, None, "wrong number of fields", json.dumps(row, default=str))
+            continue
+        yield SourceRow(uri, line, dict(row))
+
+
+def read_rows(uri: str) -> list[dict[str, Any]]:
+    """All rows of a file, or of every row file under a folder/prefix, failing on a bad row.
+
+    Raises:
+        StorageError: naming file and line of the first bad row.
+    """
+    rows = []
+    for file in row_files(uri):
+        for row in iter_rows(file):
+            if row.data is None:
+                raise StorageError(f"{row.file}:{row.line}: {row.error}")
+            rows.append(row.data)
+    return rows
+
+
+def row_files(uri: str) -> list[str]:
+    """The .jsonl/.json, .parquet and .csv files of a file, folder or prefix, sorted.
+
+    Raises:
+        StorageError: when there are none.
+    """
+    files = [f for f in list_files(uri) if Path(f).suffix.lower() in FORMATS]
+    if not files:
+        raise StorageError(f"{uri}: no .jsonl, .parquet or .csv files found")
+    return files
+
+
+def encode_rows(rows: Iterable[dict[str, Any]], fmt: Format, schema: pa.Schema | None = None) -> bytes:
+    """Serialises rows to jsonl, parquet or csv bytes.
+
+    Args:
+        rows: dicts with the same keys.
+        fmt: the output format.
+        schema: an explicit arrow schema for parquet, so that all-null columns keep a type.
+    """
+    rows = list(rows)
+    if fmt == "parquet":
+        table = pa.Table.from_pylist(rows, schema=schema)
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        return sink.getvalue()
+    if fmt == "csv":
+        out = io.StringIO(newline="")
+        fields = list(schema.names) if schema is not None else list(rows[0]) if rows else []
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().encode("utf-8")
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return text.encode("utf-8")
+
+
+def write_rows(
+    uri: str, rows: Iterable[dict[str, Any]], fmt: Format | None = None, schema: pa.Schema | None = None
+) -> None:
+    """Writes rows atomically in the format the extension names (or `fmt`)."""
+    write_bytes(uri, encode_rows(rows, fmt or format_of(uri), schema))
+
+
+def pyarrow_filesystem(uri: str) -> tuple[Any, str]:
+    """A pyarrow filesystem and path for `uri`, for Ray Data readers and writers.
+
+    For s3:// the endpoint comes from the same environment variables boto3 uses, so Ray Data
+    and this module always talk to the same server.
+    """
+    if not is_s3(uri):
+        return None, uri
+    from pyarrow import fs
+
+    endpoint = s3_endpoint()
+    options: dict[str, Any] = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        options = {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    return fs.S3FileSystem(**options), uri.removeprefix("s3://")
