@@ -1,8 +1,8 @@
 """The `dsbs` command line: one table of commands, each a thin call into the library.
 
-    dsbs config show --config configs/local-demo.yaml train.alpha=0.3
-    dsbs data import-paper --dataset svamp --root ../shared/data/paper --split test --out svamp_test.jsonl
-    dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
+dsbs config show --config configs/local-demo.yaml train.alpha=0.3
+dsbs data import-paper --dataset svamp --root datasets --split test --out svamp_test.jsonl
+dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
 """
 
 from __future__ import annotations
@@ -73,14 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--split", required=True, choices=SPLITS)
     paper.add_argument("--out", required=True, help="output .jsonl or .parquet (local or s3://)")
     paper.add_argument(
-        "--max-bad-fraction", type=float, default=0.01,
+        "--max-bad-fraction",
+        type=float,
+        default=0.01,
         help="fail when more than this share of rows is bad (default 0.01)",
     )
     synth_cmd = data_cmds.add_parser("synth", help="write the project's synthetic labeled data")
     synth_cmd.add_argument("--task", required=True, choices=sorted(SYNTH_TASKS))
     synth_cmd.add_argument("--n", type=int, required=True, help="number of rows")
     synth_cmd.add_argument("--seed", type=int, default=0)
-    synth_cmd.add_argument("--out", required=True, help="output .jsonl/.parquet/.csv (local or s3://)")
+    synth_cmd.add_argument(
+        "--out", required=True, help="output .jsonl/.parquet/.csv (local or s3://)"
+    )
     return parser
 
 

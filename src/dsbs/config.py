@@ -30,7 +30,10 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # extra="forbid" makes a typo an error instead of a silently ignored key.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Attribute docstrings become field descriptions, so the docs live next to each key.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
 
 
 class DataConfig(_Section):
@@ -324,7 +327,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Loads the configuration tree: defaults, then the YAML file, then overrides.
 
     Args:
@@ -365,9 +370,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _describe(err: ValidationError, origin: str, overrides: tuple[str, ...] | list[str]) -> str:
     lines = []
     for problem in err.errors():
-        dotted = ".".join(str(part) for part in problem["loc"])
-        source = next((f"override '{o}'" for o in overrides if o.startswith(f"{dotted}=")), origin)
         message = problem["msg"].removeprefix("Value error, ")
+        dotted = ".".join(str(part) for part in problem["loc"])
+        # Cross-field errors have no location; their message starts with the dotted key.
+        key = dotted or message.partition(":")[0]
+        source = next((f"override '{o}'" for o in overrides if o.startswith(f"{key}=")), origin)
         lines.append(f"{source}: {dotted + ': ' if dotted else ''}{message}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 

@@ -129,7 +129,7 @@ def list_files(uri: str) -> list[str]:
         return sorted(str(p) for p in path.rglob("*") if p.is_file())
     bucket, key = _split_s3(uri)
     prefix = key.rstrip("/") + "/" if key else ""
-    names = []
+    names: list[str] = []
     for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         names.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
     if not names and key and exists(uri):
@@ -209,7 +209,9 @@ def _iter_jsonl(uri: str, data: bytes) -> Iterator[SourceRow]:
             yield SourceRow(uri, number, None, f"malformed JSON: {err.msg} (col {err.colno})", text)
             continue
         if not isinstance(row, dict):
-            yield SourceRow(uri, number, None, f"expected a JSON object, got {type(row).__name__}", text)
+            yield SourceRow(
+                uri, number, None, f"expected a JSON object, got {type(row).__name__}", text
+            )
             continue
         yield SourceRow(uri, number, row)
 
@@ -257,7 +259,9 @@ def row_files(uri: str) -> list[str]:
     return files
 
 
-def encode_rows(rows: Iterable[dict[str, Any]], fmt: Format, schema: pa.Schema | None = None) -> bytes:
+def encode_rows(
+    rows: Iterable[dict[str, Any]], fmt: Format, schema: pa.Schema | None = None
+) -> bytes:
     """Serialises rows to jsonl, parquet or csv bytes.
 
     Args:
@@ -283,7 +287,10 @@ def encode_rows(rows: Iterable[dict[str, Any]], fmt: Format, schema: pa.Schema |
 
 
 def write_rows(
-    uri: str, rows: Iterable[dict[str, Any]], fmt: Format | None = None, schema: pa.Schema | None = None
+    uri: str,
+    rows: Iterable[dict[str, Any]],
+    fmt: Format | None = None,
+    schema: pa.Schema | None = None,
 ) -> None:
     """Writes rows atomically in the format the extension names (or `fmt`)."""
     write_bytes(uri, encode_rows(rows, fmt or format_of(uri), schema))

@@ -69,12 +69,14 @@ def _output_files(root: str, dataset: str, split: str) -> list[str]:
 
 def _teacher_outputs(files: list[str]) -> list[tuple[str, int, object]]:
     """(file, 1-based index in file, output) for every teacher output, in row order."""
-    outputs = []
+    outputs: list[tuple[str, int, object]] = []
     for file in files:
         try:
             items = json.loads(storage.read_bytes(file).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise storage.StorageError(f"{file}: not a JSON list of teacher outputs: {err}") from err
+            raise storage.StorageError(
+                f"{file}: not a JSON list of teacher outputs: {err}"
+            ) from err
         if not isinstance(items, list):
             raise storage.StorageError(f"{file}: expected a JSON list, got {type(items).__name__}")
         outputs.extend((file, i, item) for i, item in enumerate(items, start=1))
@@ -105,7 +107,9 @@ def import_paper(
         BadInputError: past the budget; the quarantine file is written, the output is not.
     """
     if dataset not in PAPER_DATASETS:
-        raise ValueError(f"unknown dataset '{dataset}'; expected one of {', '.join(PAPER_DATASETS)}")
+        raise ValueError(
+            f"unknown dataset '{dataset}'; expected one of {', '.join(PAPER_DATASETS)}"
+        )
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
     task = get_task(dataset)
@@ -121,20 +125,28 @@ def import_paper(
     rows = list(storage.iter_rows(data_file))
     for index, row in enumerate(rows):
         if row.data is None:
-            kind = "not UTF-8" if row.error and row.error.startswith("not UTF-8") else "malformed JSON"
+            kind = (
+                "not UTF-8" if row.error and row.error.startswith("not UTF-8") else "malformed JSON"
+            )
             quarantine.add(kind, row.file, row.line, row.error or "", row.raw)
             continue
         if index >= len(outputs):
             quarantine.add(
-                "no teacher output", row.file, row.line,
-                f"{len(rows)} rows but {len(outputs)} teacher outputs", json.dumps(row.data),
+                "no teacher output",
+                row.file,
+                row.line,
+                f"{len(rows)} rows but {len(outputs)} teacher outputs",
+                json.dumps(row.data),
             )
             continue
         out_file, out_index, text = outputs[index]
         if not isinstance(text, str):
             quarantine.add(
-                "teacher output not text", out_file, out_index,
-                f"expected a string, got {type(text).__name__}", json.dumps(row.data),
+                "teacher output not text",
+                out_file,
+                out_index,
+                f"expected a string, got {type(text).__name__}",
+                json.dumps(row.data),
             )
             continue
         try:
@@ -148,7 +160,7 @@ def import_paper(
         parsed = task.parse(text, input_text)
         records.append(
             Record(
-                id=ids(task.name, input_text, row.data.get("id")),
+                id=ids(task.name, input_text, row.data.get("id", row.data.get("uid"))),
                 task=task.name,
                 input=input_text,
                 label=gold,
@@ -160,7 +172,9 @@ def import_paper(
         )
     for out_file, out_index, _ in outputs[len(rows) :]:
         quarantine.add(
-            "teacher output without a row", out_file, out_index,
+            "teacher output without a row",
+            out_file,
+            out_index,
             f"{len(outputs)} teacher outputs but {len(rows)} rows in {data_file}",
         )
     where = quarantine_path(out)

@@ -1,5 +1,7 @@
-"""Bad input is never dropped silently: each bad row is kept here with file, line and reason,
-counted by kind, written next to the output, and checked against an error budget.
+"""Quarantine: bad input is kept with file, line and reason, never dropped silently.
+
+Bad rows are counted by kind, written next to the output, and checked against an error
+budget that fails the stage loudly when passed.
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ class Quarantine:
         return len(self.rows)
 
     def write(self, uri: str) -> None:
-        """Writes the bad rows (jsonl; an empty file when there are none, so no stale file
-        from an earlier run is mistaken for this one's)."""
+        """Writes the bad rows as jsonl.
+
+        The file is written even when empty, so that no stale file from an earlier run is
+        mistaken for this one's.
+        """
         storage.write_rows(uri, (asdict(row) for row in self.rows), "jsonl")
 
     def check_budget(self, total: int, max_fraction: float, where: str) -> None:

@@ -13,21 +13,50 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dsbs.records import IdAssigner, Record, write_records
-from dsbs.tasks import get_task
-from dsbs.tasks import safe_math
+from dsbs.tasks import get_task, safe_math
 
 log = logging.getLogger(__name__)
 
 NAMES = (
-    "Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonah",
-    "Kira", "Liam", "Maya", "Noah", "Olu", "Priya", "Quinn", "Rosa", "Sam", "Tariq",
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonah",
+    "Kira",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olu",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tariq",
 )
 # (plural item, container it comes in)
 ITEMS = (
-    ("apples", "baskets"), ("pencils", "boxes"), ("stickers", "sheets"), ("marbles", "bags"),
-    ("cookies", "trays"), ("books", "shelves"), ("stamps", "albums"), ("eggs", "cartons"),
-    ("cards", "packs"), ("flowers", "pots"), ("shells", "jars"), ("toy cars", "crates"),
-    ("buttons", "tins"), ("oranges", "crates"), ("balloons", "bundles"), ("crayons", "boxes"),
+    ("apples", "baskets"),
+    ("pencils", "boxes"),
+    ("stickers", "sheets"),
+    ("marbles", "bags"),
+    ("cookies", "trays"),
+    ("books", "shelves"),
+    ("stamps", "albums"),
+    ("eggs", "cartons"),
+    ("cards", "packs"),
+    ("flowers", "pots"),
+    ("shells", "jars"),
+    ("toy cars", "crates"),
+    ("buttons", "tins"),
+    ("oranges", "crates"),
+    ("balloons", "bundles"),
+    ("crayons", "boxes"),
 )
 
 Problem = tuple[str, str]  # (problem text, equation)
@@ -43,109 +72,155 @@ class _Ctx:
 
 def _one_add(r: random.Random, c: _Ctx) -> Problem:
     a, b = r.randint(3, 90), r.randint(2, 60)
-    return (f"{c.name} has {a} {c.item}. {c.name} buys {b} more {c.item}.\n"
-            f"How many {c.item} does {c.name} have now?", f"({a} + {b})")
+    return (
+        f"{c.name} has {a} {c.item}. {c.name} buys {b} more {c.item}.\n"
+        f"How many {c.item} does {c.name} have now?",
+        f"({a} + {b})",
+    )
 
 
 def _one_sub(r: random.Random, c: _Ctx) -> Problem:
     b = r.randint(2, 50)
     a = b + r.randint(1, 60)
-    return (f"{c.name} had {a} {c.item}. {c.name} gave {b} {c.item} to {c.friend}.\n"
-            f"How many {c.item} does {c.name} have left?", f"({a} - {b})")
+    return (
+        f"{c.name} had {a} {c.item}. {c.name} gave {b} {c.item} to {c.friend}.\n"
+        f"How many {c.item} does {c.name} have left?",
+        f"({a} - {b})",
+    )
 
 
 def _one_mul(r: random.Random, c: _Ctx) -> Problem:
     a, b = r.randint(2, 15), r.randint(2, 15)
-    return (f"There are {a} {c.container} with {b} {c.item} in each.\n"
-            f"How many {c.item} are there in all?", f"({a} * {b})")
+    return (
+        f"There are {a} {c.container} with {b} {c.item} in each.\n"
+        f"How many {c.item} are there in all?",
+        f"({a} * {b})",
+    )
 
 
 def _one_div(r: random.Random, c: _Ctx) -> Problem:
     b, k = r.randint(2, 12), r.randint(2, 15)
-    return (f"{c.name} shares {b * k} {c.item} equally among {b} friends.\n"
-            f"How many {c.item} does each friend get?", f"({b * k} / {b})")
+    return (
+        f"{c.name} shares {b * k} {c.item} equally among {b} friends.\n"
+        f"How many {c.item} does each friend get?",
+        f"({b * k} / {b})",
+    )
 
 
 def _one_compare(r: random.Random, c: _Ctx) -> Problem:
     b = r.randint(2, 60)
     a = b + r.randint(1, 40)
-    return (f"{c.name} has {a} {c.item} and {c.friend} has {b} {c.item}.\n"
-            f"How many more {c.item} does {c.name} have than {c.friend}?", f"({a} - {b})")
+    return (
+        f"{c.name} has {a} {c.item} and {c.friend} has {b} {c.item}.\n"
+        f"How many more {c.item} does {c.name} have than {c.friend}?",
+        f"({a} - {b})",
+    )
 
 
 def _one_unknown_start(r: random.Random, c: _Ctx) -> Problem:
     a, b = r.randint(2, 60), r.randint(2, 40)
-    return (f"{c.name} had some {c.item}. After getting {b} more, {c.name} has {a + b} {c.item}.\n"
-            f"How many {c.item} did {c.name} have at first?", f"({a + b} - {b})")
+    return (
+        f"{c.name} had some {c.item}. After getting {b} more, {c.name} has {a + b} {c.item}.\n"
+        f"How many {c.item} did {c.name} have at first?",
+        f"({a + b} - {b})",
+    )
 
 
 def _one_groups(r: random.Random, c: _Ctx) -> Problem:
     b, k = r.randint(2, 12), r.randint(2, 12)
-    return (f"{c.name} packs {b * k} {c.item} into {c.container} of {b}.\n"
-            f"How many {c.container} does {c.name} fill?", f"({b * k} / {b})")
+    return (
+        f"{c.name} packs {b * k} {c.item} into {c.container} of {b}.\n"
+        f"How many {c.container} does {c.name} fill?",
+        f"({b * k} / {b})",
+    )
 
 
 def _two_buy_give(r: random.Random, c: _Ctx) -> Problem:
     a, b = r.randint(5, 60), r.randint(2, 40)
     d = r.randint(1, a + b - 1)
-    return (f"{c.name} had {a} {c.item}. {c.name} bought {b} more and then gave {d} to {c.friend}.\n"
-            f"How many {c.item} does {c.name} have now?", f"(({a} + {b}) - {d})")
+    return (
+        f"{c.name} had {a} {c.item}. {c.name} bought {b} more and then gave {d} to {c.friend}.\n"
+        f"How many {c.item} does {c.name} have now?",
+        f"(({a} + {b}) - {d})",
+    )
 
 
 def _two_containers_plus(r: random.Random, c: _Ctx) -> Problem:
     a, b, d = r.randint(2, 9), r.randint(2, 12), r.randint(1, 30)
-    return (f"{c.name} buys {a} {c.container} of {c.item} with {b} in each, and already had {d}.\n"
-            f"How many {c.item} does {c.name} have in all?", f"(({a} * {b}) + {d})")
+    return (
+        f"{c.name} buys {a} {c.container} of {c.item} with {b} in each, and already had {d}.\n"
+        f"How many {c.item} does {c.name} have in all?",
+        f"(({a} * {b}) + {d})",
+    )
 
 
 def _two_earn_spend(r: random.Random, c: _Ctx) -> Problem:
     a, b = r.randint(5, 30), r.randint(2, 9)
     d = r.randint(1, a * b - 1)
-    return (f"{c.name} earns {a} dollars a day for {b} days and then spends {d} dollars.\n"
-            f"How many dollars does {c.name} have left?", f"(({a} * {b}) - {d})")
+    return (
+        f"{c.name} earns {a} dollars a day for {b} days and then spends {d} dollars.\n"
+        f"How many dollars does {c.name} have left?",
+        f"(({a} * {b}) - {d})",
+    )
 
 
 def _two_share_then_more(r: random.Random, c: _Ctx) -> Problem:
     b, k, d = r.randint(2, 9), r.randint(2, 12), r.randint(1, 10)
-    return (f"{b * k} {c.item} are shared equally among {b} children, and then {c.friend} gives "
-            f"each child {d} more.\nHow many {c.item} does each child have?", f"(({b * k} / {b}) + {d})")
+    return (
+        f"{b * k} {c.item} are shared equally among {b} children, and then {c.friend} gives "
+        f"each child {d} more.\nHow many {c.item} does each child have?",
+        f"(({b * k} / {b}) + {d})",
+    )
 
 
 def _two_lose_find(r: random.Random, c: _Ctx) -> Problem:
     b = r.randint(2, 30)
     a, d = b + r.randint(1, 50), r.randint(1, 30)
-    return (f"{c.name} had {a} {c.item}, lost {b} of them, and then found {d}.\n"
-            f"How many {c.item} does {c.name} have now?", f"(({a} - {b}) + {d})")
+    return (
+        f"{c.name} had {a} {c.item}, lost {b} of them, and then found {d}.\n"
+        f"How many {c.item} does {c.name} have now?",
+        f"(({a} - {b}) + {d})",
+    )
 
 
 def _two_sold_twice(r: random.Random, c: _Ctx) -> Problem:
     b, d = r.randint(2, 40), r.randint(2, 40)
     a = b + d + r.randint(1, 50)
-    return (f"A shop had {a} {c.item}. It sold {b} in the morning and {d} in the afternoon.\n"
-            f"How many {c.item} does the shop have left?", f"({a} - ({b} + {d}))")
+    return (
+        f"A shop had {a} {c.item}. It sold {b} in the morning and {d} in the afternoon.\n"
+        f"How many {c.item} does the shop have left?",
+        f"({a} - ({b} + {d}))",
+    )
 
 
 def _two_collect_split(r: random.Random, c: _Ctx) -> Problem:
     d, k = r.randint(2, 9), r.randint(2, 12)
     a = r.randint(1, d * k - 1)
-    return (f"{c.name} collects {a} {c.item} on Monday and {d * k - a} on Tuesday, then puts them "
-            f"equally into {d} {c.container}.\nHow many {c.item} go in each of the {c.container}?",
-            f"(({a} + {d * k - a}) / {d})")
+    return (
+        f"{c.name} collects {a} {c.item} on Monday and {d * k - a} on Tuesday, then puts them "
+        f"equally into {d} {c.container}.\nHow many {c.item} go in each of the {c.container}?",
+        f"(({a} + {d * k - a}) / {d})",
+    )
 
 
 def _three_packs(r: random.Random, c: _Ctx) -> Problem:
     a, b, d = r.randint(2, 30), r.randint(2, 6), r.randint(2, 12)
     e = r.randint(1, a + b * d - 1)
-    return (f"{c.name} had {a} {c.item}. {c.name} bought {b} {c.container} of {d} {c.item} "
-            f"and gave {e} away.\nHow many {c.item} does {c.name} have now?",
-            f"(({a} + ({b} * {d})) - {e})")
+    return (
+        f"{c.name} had {a} {c.item}. {c.name} bought {b} {c.container} of {d} {c.item} "
+        f"and gave {e} away.\nHow many {c.item} does {c.name} have now?",
+        f"(({a} + ({b} * {d})) - {e})",
+    )
 
 
 def _three_friends(r: random.Random, c: _Ctx) -> Problem:
-    n, a, m, b = r.randint(2, 6), r.randint(2, 9), r.randint(2, 6), r.randint(2, 9)
-    d = r.randint(1, n * a + m * b - 1)
-    return (f"{n} friends each bring {a} {c.item} and {m} other friends each bring {b}. "
-            f"They use {d} of them.\nHow many {c.item} are left?", f"((({n} * {a}) + ({m} * {b})) - {d})")
+    n, a, b = r.randint(2, 6), r.randint(2, 9), r.randint(2, 20)
+    d = r.randint(1, n * a + b - 1)
+    return (
+        f"{n} friends each bring {a} {c.item}, and {c.friend} brings {b} more. "
+        f"They use {d} of them.\nHow many {c.item} are left?",
+        f"((({n} * {a}) + {b}) - {d})",
+    )
 
 
 def _three_share_all(r: random.Random, c: _Ctx) -> Problem:
@@ -155,18 +230,33 @@ def _three_share_all(r: random.Random, c: _Ctx) -> Problem:
     if d <= 0:  # keep the loose count positive by widening the total
         k += a * b
         d = p * k - a * b
-    return (f"{c.name} buys {a} {c.container} of {b} {c.item} and {d} loose {c.item}, then shares "
-            f"them equally among {p} people.\nHow many {c.item} does each person get?",
-            f"((({a} * {b}) + {d}) / {p})")
+    return (
+        f"{c.name} buys {a} {c.container} of {b} {c.item} and {d} loose {c.item}, then shares "
+        f"them equally among {p} people.\nHow many {c.item} does each person get?",
+        f"((({a} * {b}) + {d}) / {p})",
+    )
 
 
 TEMPLATES: dict[str, Callable[[random.Random, _Ctx], Problem]] = {
     fn.__name__.lstrip("_"): fn
     for fn in (
-        _one_add, _one_sub, _one_mul, _one_div, _one_compare, _one_unknown_start, _one_groups,
-        _two_buy_give, _two_containers_plus, _two_earn_spend, _two_share_then_more,
-        _two_lose_find, _two_sold_twice, _two_collect_split,
-        _three_packs, _three_friends, _three_share_all,
+        _one_add,
+        _one_sub,
+        _one_mul,
+        _one_div,
+        _one_compare,
+        _one_unknown_start,
+        _one_groups,
+        _two_buy_give,
+        _two_containers_plus,
+        _two_earn_spend,
+        _two_share_then_more,
+        _two_lose_find,
+        _two_sold_twice,
+        _two_collect_split,
+        _three_packs,
+        _three_friends,
+        _three_share_all,
     )
 }
 
@@ -177,7 +267,7 @@ def synth_arithmetic(n: int, seed: int) -> list[Record]:
     Every answer is checked to be a positive whole number by the safe evaluator.
     """
     task = get_task("svamp")
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible data, not security
     ids, records = IdAssigner(), []
     names = sorted(TEMPLATES)
     for _ in range(n):
@@ -214,7 +304,9 @@ def synth(task: str, n: int, seed: int, out: str) -> str:
         ValueError: for an unknown task or a non-positive `n`.
     """
     if task not in SYNTH_TASKS:
-        raise ValueError(f"unknown synthetic task '{task}'; expected one of {', '.join(SYNTH_TASKS)}")
+        raise ValueError(
+            f"unknown synthetic task '{task}'; expected one of {', '.join(SYNTH_TASKS)}"
+        )
     if n <= 0:
         raise ValueError("n must be positive")
     records = SYNTH_TASKS[task](n, seed)

@@ -133,7 +133,9 @@ def required_text(row: Mapping[str, Any], *names: str) -> str:
     raise ValueError(f"missing field: {' / '.join(names)}")
 
 
-def format_exemplar(input_text: str, rationale: str | None = None, answer: str | None = None) -> str:
+def format_exemplar(
+    input_text: str, rationale: str | None = None, answer: str | None = None
+) -> str:
     """One `Q: ... A: ...` block; without a rationale it is the open question to answer."""
     if rationale is None:
         return f"Q: {input_text}\nA:"

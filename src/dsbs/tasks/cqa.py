@@ -1,5 +1,7 @@
-"""Multiple choice (CommonsenseQA): input shows the question and lettered choices; the
-label is the choice text (`wooded area`), so that predictions don't depend on letter order.
+"""Multiple choice (CommonsenseQA): the question with lettered choices -> the choice text.
+
+The label is the choice's text (`wooded area`), not its letter, so that predictions don't
+depend on the order in which choices are shown.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ EXEMPLARS = (
 class MultipleChoiceTask:
     """Question with lettered choices; label is the chosen choice's text."""
 
-    exemplars = EXEMPLARS
+    exemplars: tuple[Exemplar, ...] = EXEMPLARS
 
     def __init__(self, name: str = "cqa") -> None:
         self.name = name

@@ -38,7 +38,7 @@ EXEMPLARS = (
 class FreeLabelTask:
     """Input text -> short free-text label; exact match after normalisation."""
 
-    exemplars = EXEMPLARS
+    exemplars: tuple[Exemplar, ...] = EXEMPLARS
 
     def __init__(self, name: str = "free") -> None:
         self.name = name

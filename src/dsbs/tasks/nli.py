@@ -1,6 +1,7 @@
-"""Natural language inference (ANLI round 1, e-SNLI): premise + hypothesis -> one of
-`entailment`, `neutral`, `contradiction`. Gold labels arrive as 0/1/2 (the Hugging Face
-convention) or as words, and are always written as words.
+"""Natural language inference (ANLI round 1, e-SNLI): premise + hypothesis -> a label.
+
+Labels are `entailment`, `neutral` or `contradiction`. Gold labels arrive as 0/1/2 (the
+Hugging Face convention) or as words, and are always written as words.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ LABELS = ("entailment", "neutral", "contradiction")
 _SYNONYMS = (
     (re.compile(r"\bentail"), "entailment"),
     (re.compile(r"\bcontradict"), "contradiction"),
-    (re.compile(r"\bneutral\b|not possible to tell|cannot be determined|can't tell|\bunknown\b|\bmaybe\b|\bundetermined\b"), "neutral"),
+    (
+        re.compile(
+            r"\bneutral\b|not possible to tell|cannot be determined|can't tell"
+            r"|\bunknown\b|\bmaybe\b|\bundetermined\b"
+        ),
+        "neutral",
+    ),
     (re.compile(r"^(?:yes|true)\b"), "entailment"),
     (re.compile(r"^(?:no|false)\b"), "contradiction"),
 )
@@ -35,12 +42,16 @@ EXEMPLARS = (
         "entailment",
     ),
     Exemplar(
-        format_pair("Two children are playing soccer in a park.", "The children are asleep in bed."),
+        format_pair(
+            "Two children are playing soccer in a park.", "The children are asleep in bed."
+        ),
         "Children who are playing soccer in a park cannot at the same time be asleep in bed.",
         "contradiction",
     ),
     Exemplar(
-        format_pair("A woman is reading a book on a bench.", "The woman is reading a mystery novel."),
+        format_pair(
+            "A woman is reading a book on a bench.", "The woman is reading a mystery novel."
+        ),
         "The premise does not say what kind of book she is reading, so it may or may not be a "
         "mystery novel.",
         "neutral",
@@ -62,7 +73,10 @@ EXEMPLARS = (
         "contradiction",
     ),
     Exemplar(
-        format_pair("A chef is chopping vegetables in a busy kitchen.", "The chef is making soup for a wedding."),
+        format_pair(
+            "A chef is chopping vegetables in a busy kitchen.",
+            "The chef is making soup for a wedding.",
+        ),
         "Chopping vegetables could be for many dishes and events; nothing says it is soup or a "
         "wedding.",
         "neutral",
@@ -82,7 +96,7 @@ def nli_label(text: str) -> str | None:
 class NliTask:
     """Premise/hypothesis pairs with three labels."""
 
-    exemplars = EXEMPLARS
+    exemplars: tuple[Exemplar, ...] = EXEMPLARS
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -62,7 +62,7 @@ def _tokenize(text: str) -> list[str]:
         if not match:
             if text[pos:].strip() == "":
                 break
-            raise SafeMathError(f"unexpected {text[pos:pos + 10]!r} at {pos}")
+            raise SafeMathError(f"unexpected {text[pos : pos + 10]!r} at {pos}")
         number, op = match.groups()
         if number and len(number) > MAX_NUMBER_DIGITS:
             raise SafeMathError("number too long")
@@ -113,7 +113,7 @@ class _Parser:
 
     def atom(self, depth: int) -> Node:
         token = self.take()
-        if token == "(":
+        if token == "(":  # noqa: S105 - a bracket, not a password
             node = self.expr(depth + 1)
             if self.take() != ")":
                 raise SafeMathError("missing ')'")

@@ -66,7 +66,7 @@ def extract_expression(answer: str) -> str | None:
 class ArithmeticTask:
     """SVAMP-style arithmetic: input is the problem text, label the equation."""
 
-    exemplars = EXEMPLARS
+    exemplars: tuple[Exemplar, ...] = EXEMPLARS
 
     def __init__(self, name: str = "svamp") -> None:
         self.name = name

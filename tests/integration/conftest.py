@@ -1,0 +1,21 @@
+"""A real local Ray cluster for the integration tier, started once per module."""
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server: str) -> Iterator[None]:
+    """A local Ray with 2 CPUs, shut down after the module.
+
+    It starts after the test S3 server so that its workers inherit the S3 environment, as
+    every pod of a KubeRay cluster gets the same AWS variables from its Secret.
+    """
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

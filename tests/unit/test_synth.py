@@ -1,0 +1,44 @@
+import pytest
+
+from dsbs.data.synth import TEMPLATES, synth, synth_arithmetic
+from dsbs.records import read_records
+from dsbs.tasks import get_task
+from dsbs.tasks.safe_math import BinOp, evaluate, parse
+
+
+def _operations(node):
+    if isinstance(node, BinOp):
+        return 1 + _operations(node.left) + _operations(node.right)
+    return 0
+
+
+def test_deterministic_per_seed():
+    assert synth_arithmetic(50, seed=3) == synth_arithmetic(50, seed=3)
+    assert synth_arithmetic(50, seed=3) != synth_arithmetic(50, seed=4)
+
+
+def test_labels_are_svamp_equations_with_the_right_value():
+    task = get_task("svamp")
+    records = synth_arithmetic(600, seed=0)
+    assert {r.meta["template"] for r in records} == set(TEMPLATES)
+    assert len(TEMPLATES) >= 12
+    operations = set()
+    for record in records:
+        assert record.label == task.normalize(record.label)  # canonical svamp style
+        assert record.label.startswith("( ") and ".0 " in record.label
+        assert evaluate(record.label) == record.meta["answer"] > 0
+        operations.add(_operations(parse(record.label)))
+        assert record.input.endswith("?") and "\n" in record.input
+    assert operations == {1, 2, 3}
+    assert len({r.id for r in records}) == len(records)
+
+
+def test_synth_writes_records(tmp_path):
+    out = tmp_path / "synth.parquet"
+    line = synth("arithmetic", 40, 1, str(out))
+    assert "40 rows" in line
+    assert len(read_records(str(out))) == 40
+    with pytest.raises(ValueError, match="unknown synthetic task"):
+        synth("poetry", 5, 0, str(out))
+    with pytest.raises(ValueError, match="positive"):
+        synth("arithmetic", 0, 0, str(out))
