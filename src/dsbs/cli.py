@@ -13,15 +13,34 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dsbs import __version__
-from dsbs.config import ConfigError, dump_config, load_config
+from dsbs.config import Config, ConfigError, dump_config, load_config
 from dsbs.data.paper import PAPER_DATASETS, SPLITS, import_paper
 from dsbs.data.quarantine import BadInputError
 from dsbs.data.synth import SYNTH_TASKS, synth
+from dsbs.generate.pipeline import GenerationError
 from dsbs.storage import StorageError
+
+log = logging.getLogger("dsbs")
 
 
 def _config_show(args: argparse.Namespace) -> str:
     return dump_config(load_config(args.config, args.overrides)).rstrip("\n")
+
+
+def _resolved(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config, args.overrides)
+    log.info("resolved config:\n%s", dump_config(cfg))
+    return cfg
+
+
+def _generate(args: argparse.Namespace) -> str:
+    from dsbs.generate import generate_rationales
+
+    cfg = _resolved(args)
+    summary = generate_rationales(
+        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, cfg.pipeline.ray_address
+    )
+    return summary.line()
 
 
 def _data_import_paper(args: argparse.Namespace) -> str:
@@ -36,6 +55,7 @@ def _data_synth(args: argparse.Namespace) -> str:
 # Every command the CLI offers, by its words on the command line; tests check this table
 # against the parser so that no command is registered without a handler or the reverse.
 COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "generate": _generate,
     "config show": _config_show,
     "data import-paper": _data_import_paper,
     "data synth": _data_synth,
@@ -58,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dsbs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    _add_config_args(
+        groups.add_parser(
+            "generate", help="stage 1: teacher rationales for every input (resumable)"
+        )
+    )
 
     config = groups.add_parser("config", help="inspect the configuration tree")
     config_cmds = config.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -91,17 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the exit status (0 ok, 1 bad data or storage, 2 bad usage)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    handler = COMMANDS[f"{args.group} {args.command}"]
+    # dsbs's own progress at INFO; Ray's, vLLM's and others' only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    handler = COMMANDS[
+        f"{args.group} {args.command}" if getattr(args, "command", None) else args.group
+    ]
     try:
         print(handler(args))
     except ConfigError as err:
         print(f"dsbs: config error: {err}", file=sys.stderr)
         return 2
-    except (BadInputError, StorageError, ValueError) as err:
+    except (BadInputError, StorageError, GenerationError, ValueError) as err:
         print(f"dsbs: error: {err}", file=sys.stderr)
         return 1
     return 0

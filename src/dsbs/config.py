@@ -75,8 +75,9 @@ class TeacherConfig(_Section):
     """OpenAI-compatible base URL (engine=openai), e.g. http://teacher:8000/v1."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key; never the key itself."""
-    max_retries: int = Field(5, ge=0)
-    """Retries on 429/5xx/timeouts, with exponential backoff and jitter."""
+    max_retries: int = Field(8, ge=0)
+    """Retries on 429/5xx/timeouts/lost replicas, with backoff and jitter (capped at 30 s,
+    so 8 retries ride out about two minutes: a replaced vLLM replica on CPU)."""
     request_timeout_s: float = Field(120.0, gt=0.0)
     """Seconds before one teacher request is abandoned and retried."""
     cache_dir: str = "~/.cache/dsbs"
@@ -87,8 +88,15 @@ class TeacherConfig(_Section):
     """Most teacher replicas Ray Serve starts under load."""
     target_ongoing_requests: int = Field(32, ge=1)
     """Requests per replica the autoscaler aims for; vLLM batches them continuously."""
+    max_ongoing_requests: int = Field(128, ge=1)
+    """Requests one replica holds at once (vLLM batches them); more wait at the caller."""
     num_cpus: float = Field(1.0, gt=0.0)
     """CPUs reserved per teacher replica."""
+    use_gpu: bool = False
+    """Reserve tensor_parallel_size GPUs per replica (the CUDA build of vLLM)."""
+    keep_running: bool = False
+    """Leave the teacher app running after generation, for the next run to reuse; off by
+    default so that training gets the cores and GPUs back."""
 
 
 class GenerateConfig(_Section):
@@ -261,6 +269,11 @@ class Config(_Section):
             raise ValueError("teacher.min_replicas: must not exceed teacher.max_replicas")
         if self.serve.min_replicas > self.serve.max_replicas:
             raise ValueError("serve.min_replicas: must not exceed serve.max_replicas")
+        if self.generate.num_samples > 1 and self.teacher.temperature == 0:
+            raise ValueError(
+                "generate.num_samples: self-consistency needs teacher.temperature > 0 "
+                "(greedy samples are all the same)"
+            )
         if self.teacher.engine == "openai" and not self.teacher.base_url:
             raise ValueError("teacher.base_url: required when teacher.engine is 'openai'")
         return self

@@ -8,6 +8,7 @@ A source string is one of:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,3 +84,16 @@ def read_dataset(source: str, split: str = "train") -> ray.data.Dataset:
         "csv": ray.data.read_csv,
     }
     return readers[formats.pop()](paths, filesystem=filesystem)
+
+
+def iter_source_rows(source: str, split: str = "train") -> Iterator[storage.SourceRow]:
+    """Every row of a source in a stable order, bad ones included with the reason.
+
+    Files stream one at a time (in name order); an HF dataset's rows are numbered from 1.
+    """
+    if is_hf_source(source):
+        for number, row in enumerate(load_hf(source, split), start=1):
+            yield storage.SourceRow(source, number, dict(row))
+        return
+    for file in storage.row_files(source):
+        yield from storage.iter_rows(file)

@@ -19,6 +19,12 @@ RUN_ON_MARKERS = ("\nQ:", "\nQuestion:", "\nPremise:", "\nA:", "\nInput:")
 STOP_SEQUENCES = ("\nQ:", "\n\n\n")
 """Stops for the teacher's sampler: every prompt's exemplars start with `Q:`."""
 
+CHAT_SYSTEM = (
+    "Answer each question by reasoning step by step, then end with "
+    '"So the answer is" followed by the answer.'
+)
+"""The system turn of chat prompts; the exemplars show the format."""
+
 _ANSWER = re.compile(
     r"(?:\b(?:so|thus|therefore|hence)\s*,?\s+)?\bthe\s+(?:final\s+|correct\s+|best\s+)?answer\s+is\b\s*:?"
     r"|(?:^|(?<=[.!?\n]))\s*(?:final\s+)?answer\s*:",
@@ -146,6 +152,20 @@ def build_prompt(task: Task, input_text: str) -> str:
     """The few-shot chain-of-thought completion prompt for one input."""
     shots = [format_exemplar(e.input, e.rationale, e.answer) for e in task.exemplars]
     return "\n\n".join([*shots, format_exemplar(input_text)])
+
+
+def build_messages(task: Task, input_text: str) -> tuple[tuple[str, str], ...]:
+    """The few-shot chain-of-thought prompt as chat turns, for instruct models.
+
+    Each exemplar is a user question and an assistant answer, so the model's chat template
+    frames them as it was trained to; the last turn is the open question.
+    """
+    turns: list[tuple[str, str]] = [("system", CHAT_SYSTEM)]
+    for e in task.exemplars:
+        turns.append(("user", f"Q: {e.input}"))
+        turns.append(("assistant", f"{e.rationale} So the answer is {e.answer}."))
+    turns.append(("user", f"Q: {input_text}"))
+    return tuple(turns)
 
 
 def accuracy(task: Task, pairs: Iterable[tuple[str | None, str | None]]) -> float:

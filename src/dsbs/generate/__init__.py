@@ -1,0 +1,5 @@
+"""Stage 1: the teacher writes a rationale and a label for each input."""
+
+from dsbs.generate.pipeline import GenerateSummary, GenerationError, generate_rationales
+
+__all__ = ["GenerateSummary", "GenerationError", "generate_rationales"]

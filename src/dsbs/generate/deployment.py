@@ -1,0 +1,205 @@
+"""The teacher as a Ray Serve deployment, with an OpenAI-compatible HTTP route.
+
+One deployment (`TeacherServer`) wraps one engine per replica. The generate stage calls its
+`complete` method through a deployment handle; deployed on its own (a RayService with
+`import_path: dsbs.generate.deployment:build_app`), it also answers `/v1/completions`,
+`/v1/chat/completions` and `/v1/models`, so other clusters can use it as an `openai` teacher.
+
+Why not `ray.serve.llm`: on the 2-core CPU machines this project is verified on,
+`build_openai_app` with vLLM's CPU build started the engine and then hung without answering
+(ENVIRONMENT.md), while this hand-written deployment around `AsyncLLM` answers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from dsbs.config import TeacherConfig, load_config
+from dsbs.teachers.base import Sampling, Teacher, TeacherError, TeacherReply, TeacherRequest
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "TeacherServer"
+APP_NAME = "dsbs-teacher"
+
+
+def load_teacher(cfg: TeacherConfig) -> Teacher:
+    """The in-replica engine for a config: vLLM (model resolved on the replica's node)."""
+    from dsbs.teachers.vllm import VllmTeacher, engine_args
+
+    return VllmTeacher(engine_args(cfg))
+
+
+class _OpenAIBody(BaseModel):
+    # OpenAI clients send fields this server ignores (logprobs, user, ...): accept them.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+    def sampling(self) -> Sampling:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return Sampling(
+            self.n, self.temperature, self.top_p, self.max_tokens, tuple(stop), self.seed
+        )
+
+
+class CompletionBody(_OpenAIBody):
+    """`POST /v1/completions`."""
+
+    prompt: str | list[str]
+
+
+class ChatMessage(BaseModel):
+    """One chat turn."""
+
+    role: str
+    content: str
+
+
+class ChatBody(_OpenAIBody):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+api = FastAPI(title="dsbs teacher", description="OpenAI-compatible teacher for dsbs")
+_ids = itertools.count()
+
+
+def _usage(replies: list[TeacherReply]) -> dict[str, int]:
+    prompt = sum(r.prompt_tokens for r in replies)
+    output = sum(r.output_tokens for r in replies)
+    return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(api)
+class TeacherServer:
+    """One teacher engine per replica, reachable by handle and over HTTP."""
+
+    def __init__(
+        self, cfg: TeacherConfig, loader: Callable[[TeacherConfig], Teacher] = load_teacher
+    ) -> None:
+        self.model_name = cfg.model
+        self.teacher = loader(cfg)
+
+    async def complete(self, request: TeacherRequest) -> TeacherReply:
+        """The handle method the generate stage calls."""
+        return await self.teacher.complete(request)
+
+    async def check_health(self) -> None:
+        """Serve's health check: raises (so Serve replaces the replica) if the engine died."""
+        await self.teacher.check_health()
+
+    def __del__(self) -> None:
+        # Graceful shutdown: stop the engine's core process with the replica.
+        shutdown = getattr(getattr(self, "teacher", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+    async def _run(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
+        try:
+            return list(await asyncio.gather(*(self.teacher.complete(r) for r in requests)))
+        except (TeacherError, ValueError) as err:
+            raise HTTPException(status_code=400, detail=str(err)) from err
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        """The one model this server holds."""
+        return {
+            "object": "list",
+            "data": [{"id": self.model_name, "object": "model", "owned_by": "dsbs"}],
+        }
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness for probes."""
+        await self.teacher.check_health()
+        return {"status": "ok"}
+
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionBody) -> dict[str, Any]:
+        """OpenAI text completions; a list of prompts gives n choices per prompt."""
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        base = f"cmpl-{next(_ids)}"
+        requests = [
+            TeacherRequest(f"{base}-{i}", prompt=p, sampling=body.sampling())
+            for i, p in enumerate(prompts)
+        ]
+        replies = await self._run(requests)
+        choices = [
+            {"index": i, "text": text, "finish_reason": None, "logprobs": None}
+            for i, text in enumerate(t for reply in replies for t in reply.texts)
+        ]
+        return {
+            "id": base,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": _usage(replies),
+        }
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatBody) -> dict[str, Any]:
+        """OpenAI chat completions through the model's chat template."""
+        messages = tuple((m.role, m.content) for m in body.messages)
+        request = TeacherRequest(f"chat-{next(_ids)}", messages=messages, sampling=body.sampling())
+        [reply] = await self._run([request])
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": None}
+            for i, text in enumerate(reply.texts)
+        ]
+        return {
+            "id": request.request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": _usage([reply]),
+        }
+
+
+def teacher_app(cfg: TeacherConfig) -> serve.Application:
+    """The deployment bound to a config, with autoscaling and resources from it."""
+    return TeacherServer.options(  # type: ignore[attr-defined]
+        autoscaling_config={
+            "min_replicas": cfg.min_replicas,
+            "initial_replicas": max(1, cfg.min_replicas),
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        },
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": cfg.num_cpus,
+            "num_gpus": cfg.tensor_parallel_size if cfg.use_gpu else 0,
+        },
+        health_check_period_s=10,
+        health_check_timeout_s=60,
+        graceful_shutdown_timeout_s=30,
+    ).bind(cfg)
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder for a long-lived teacher (RayService `serveConfigV2`).
+
+    Args:
+        args: `config` (a dsbs YAML file) and optional `overrides` (list of key=value).
+    """
+    cfg = load_config(args.get("config"), list(args.get("overrides", [])))
+    return teacher_app(cfg.teacher)

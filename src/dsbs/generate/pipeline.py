@@ -1,0 +1,441 @@
+"""Stage 1: rationale generation, streaming inputs through the teacher with Ray Data.
+
+    inputs (records or raw task rows; jsonl/parquet/csv/HF; local or s3://)
+      -> [driver] input records with unique ids, bad rows quarantined   (inputs.py)
+      -> [Ray Data] read shards -> skip ids already done -> TeacherCaller (Serve handle or
+         OpenAI URL, bounded in flight)                                   (caller.py)
+      -> [driver] vote / parse / filter -> atomic parquet shards        (finalize.py)
+
+Exactly once: the driver is the only writer; every shard is written atomically and holds
+whole rows; on a rerun the ids in existing data and quarantine shards are skipped before
+any teacher call. The output folder is named by a hash of everything that changes what the
+teacher writes (task, source, teacher, sampling, prompt), so a changed prompt or teacher
+starts a new output instead of mixing into the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from dsbs import storage
+from dsbs.cluster import ensure_ray
+from dsbs.config import DataConfig, GenerateConfig, TeacherConfig
+from dsbs.generate.finalize import (
+    ERROR_REASONS,
+    GOLD_MISMATCH,
+    TEACHER_ERROR,
+    UNPARSEABLE,
+    finalize,
+)
+from dsbs.generate.inputs import Inputs, prepare_inputs, quarantine_row
+from dsbs.records import Record, write_records
+from dsbs.rundir import generate_dir, generate_root, write_json
+from dsbs.tasks import Task, get_task
+from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""Bumped when the output format changes, so old outputs are not resumed into."""
+
+
+class GenerationError(RuntimeError):
+    """The stage failed: too many errors, or the teacher could not be started."""
+
+
+@dataclass(frozen=True)
+class GenerateSummary:
+    """What a generate run did; `line()` is the one-line summary."""
+
+    output: str
+    rows_in: int
+    written: int
+    quarantined: dict[str, int]
+    teacher_calls: int
+    """Inputs sent to the teacher in this run (not counting retries)."""
+    skipped: int
+    """Inputs already done by an earlier run of the same config."""
+    parse_rate: float
+    agreement_with_gold: float | None
+    output_tokens_per_s: float
+    wall_time_s: float
+
+    def line(self) -> str:
+        """The summary line printed at the end."""
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.quarantined.items())) or "none"
+        gold = "n/a" if self.agreement_with_gold is None else f"{self.agreement_with_gold:.1%}"
+        return (
+            f"generate: {self.rows_in} rows in, {self.written} written, quarantined: {reasons}; "
+            f"{self.teacher_calls} teacher calls ({self.skipped} rows already done); "
+            f"parse rate {self.parse_rate:.1%}, agreement with gold {gold}; "
+            f"{self.output_tokens_per_s:.1f} output tokens/s; {self.wall_time_s:.1f} s "
+            f"-> {self.output}"
+        )
+
+
+def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConfig) -> str:
+    """A short hash of everything that changes what the teacher is asked and how."""
+    task = get_task(data.task)
+    template = (
+        build_messages(task, "{input}")
+        if teacher.prompt_style == "chat"
+        else build_prompt(task, "{input}")
+    )
+    spec = {
+        "version": SCHEMA_VERSION,
+        "task": data.task,
+        "source": data.source,
+        "teacher": teacher.model_dump(
+            include={
+                "engine",
+                "model",
+                "dtype",
+                "max_model_len",
+                "prompt_style",
+                "temperature",
+                "top_p",
+                "max_tokens",
+                "base_url",
+            }
+        ),
+        "num_samples": generate.num_samples,
+        "require_gold_match": generate.require_gold_match,
+        "prompt": template,
+        "stop": STOP_SEQUENCES,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _done_ids(out_dir: str) -> set[str]:
+    """Ids already in this output's data or quarantine shards."""
+    done: set[str] = set()
+    data = storage.join(out_dir, "data")
+    for file in storage.list_files(data):
+        if file.endswith(".parquet"):
+            done.update(
+                pq.read_table(io.BytesIO(storage.read_bytes(file)), columns=["id"])
+                .column("id")
+                .to_pylist()
+            )
+    for row in _quarantine_rows(out_dir):
+        done.add(row["id"])
+    return done
+
+
+def _quarantine_rows(out_dir: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for file in storage.list_files(storage.join(out_dir, "quarantine")):
+        if file.endswith(".jsonl"):
+            rows.extend(r.data for r in storage.iter_rows(file) if r.data is not None)
+    return rows
+
+
+class _Writer:
+    """Buffers outcomes and writes them as numbered, atomic shards (data, then quarantine)."""
+
+    def __init__(self, out_dir: str, shard_rows: int) -> None:
+        self.out_dir = out_dir
+        self.shard_rows = shard_rows
+        existing = storage.list_files(storage.join(out_dir, "data"))
+        existing += storage.list_files(storage.join(out_dir, "quarantine"))
+        names = [f.replace("\\", "/").rsplit("/", 1)[-1] for f in existing]
+        numbers = [
+            int(n.split(".")[0].removeprefix("part-")) for n in names if n.startswith("part-")
+        ]
+        self.next_shard = max(numbers, default=-1) + 1
+        self.records: list[Record] = []
+        self.quarantine: list[dict[str, Any]] = []
+
+    def add(self, record: Record | None, bad: dict[str, Any] | None) -> None:
+        if record is not None:
+            self.records.append(record)
+        if bad is not None:
+            self.quarantine.append(bad)
+        if len(self.records) + len(self.quarantine) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.records and not self.quarantine:
+            return
+        name = f"part-{self.next_shard:05d}"
+        if self.records:
+            write_records(storage.join(self.out_dir, "data", f"{name}.parquet"), self.records)
+        if self.quarantine:
+            storage.write_rows(
+                storage.join(self.out_dir, "quarantine", f"{name}.jsonl"), self.quarantine, "jsonl"
+            )
+        self.next_shard += 1
+        self.records, self.quarantine = [], []
+
+
+def _check_budget(errors: int, total: int, max_fraction: float, out_dir: str) -> None:
+    if total and errors > max_fraction * total:
+        raise GenerationError(
+            f"{errors} of {total} inputs failed ({errors / total:.1%}), over the "
+            f"{max_fraction:.1%} error budget (generate.max_error_fraction); "
+            f"see {storage.join(out_dir, 'quarantine')}"
+        )
+
+
+def _deploy_teacher(teacher: TeacherConfig) -> None:
+    from ray import serve
+
+    from dsbs.generate.deployment import APP_NAME, teacher_app
+
+    log.info(
+        "starting the teacher (%s) in Ray Serve; loading the model takes a while", teacher.model
+    )
+    try:
+        serve.run(teacher_app(teacher), name=APP_NAME, route_prefix=None)
+    except Exception as err:
+        raise GenerationError(f"the teacher deployment did not start: {err}") from err
+
+
+def _read_not_done(batch: dict[str, Any], done: frozenset[str]) -> Any:
+    """Ray Data UDF: input shard paths -> the input records not done yet (arrow)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(str(f)))) for f in batch["file"]]
+    table = pa.concat_tables(tables)
+    done_ids = pa.array(sorted(done), type=pa.string())
+    return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done_ids)))
+
+
+def _stream(
+    teacher: TeacherConfig, generate: GenerateConfig, inputs: Inputs, done: set[str]
+) -> Any:
+    """The Ray Data pipeline: input shards -> not yet done -> teacher texts (lazy)."""
+    import ray.data
+
+    from dsbs.generate.caller import TeacherCaller
+    from dsbs.generate.deployment import APP_NAME
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows one bar
+    batch_size = max(1, min(16, generate.max_in_flight))
+    # Enough batches in flight on the one caller actor to keep max_in_flight requests busy.
+    calls = math.ceil(generate.max_in_flight / batch_size) + 1
+    # The shard list goes in as items and each task reads its shard through dsbs.storage:
+    # Ray's file readers plan a listing task that needs a whole CPU, which a small cluster
+    # busy with the teacher may not have free. Reading is light, so a tenth of a CPU will do.
+    return (
+        ray.data.from_items(
+            [{"file": f} for f in inputs.files], override_num_blocks=len(inputs.files)
+        )
+        .map_batches(
+            _read_not_done, fn_kwargs={"done": frozenset(done)}, batch_size=1, num_cpus=0.1
+        )
+        .map_batches(
+            TeacherCaller,
+            fn_constructor_kwargs={
+                "cfg": teacher,
+                "num_samples": generate.num_samples,
+                "max_in_flight": generate.max_in_flight,
+                "app_name": APP_NAME,
+            },
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(
+                size=1, max_tasks_in_flight_per_actor=calls, max_concurrent_calls_per_actor=calls
+            ),
+            num_cpus=0.1,  # network-bound; leave the cores to the teacher
+        )
+    )
+
+
+def _outcome_for(
+    task: Task, row: dict[str, Any], require_gold_match: bool
+) -> tuple[Record | None, dict[str, Any] | None, bool, bool | None]:
+    tokens = {"prompt_tokens": row["prompt_tokens"], "output_tokens": row["output_tokens"]}
+    if row["error"]:
+        return (
+            None,
+            quarantine_row(row["id"], TEACHER_ERROR, row["error"], input=row["input"]),
+            False,
+            None,
+        )
+    outcome = finalize(task, row, row["texts"], require_gold_match)
+    if outcome.record is not None:
+        outcome.record.meta = {**outcome.record.meta, "teacher_tokens": tokens}
+        return outcome.record, None, True, outcome.correct
+    bad = quarantine_row(
+        row["id"],
+        outcome.reason or UNPARSEABLE,
+        outcome.detail,
+        input=row["input"],
+        label=row["label"],
+        texts=row["texts"],
+        **tokens,
+    )
+    return None, bad, outcome.parsed, outcome.correct
+
+
+def generate_rationales(
+    data: DataConfig,
+    teacher: TeacherConfig,
+    generate: GenerateConfig,
+    run_dir: str,
+    ray_address: str | None = None,
+) -> GenerateSummary:
+    """Runs (or resumes) rationale generation into `run_dir/generate/<hash>/`.
+
+    Args:
+        data: the task and input source.
+        teacher: the teacher engine, model, sampling and replicas.
+        generate: self-consistency, filters, in-flight bound, shard size, error budget.
+        run_dir: the run directory (local or s3://).
+        ray_address: a Ray cluster to join; None joins the job's cluster or starts one.
+
+    Returns:
+        The summary (also written to stats.json and manifest.json).
+
+    Raises:
+        GenerationError: past the error budget, or when the teacher cannot start.
+    """
+    started = time.monotonic()
+    task = get_task(data.task)
+    digest = config_hash(data, teacher, generate)
+    out_dir = generate_dir(run_dir, digest)
+    write_json(
+        storage.join(out_dir, "config.json"),
+        {
+            "data": data.model_dump(),
+            "teacher": teacher.model_dump(),
+            "generate": generate.model_dump(),
+        },
+    )
+    inputs = prepare_inputs(task, data.source, out_dir, generate.shard_rows)
+    total = inputs.rows + inputs.bad
+    done = _done_ids(out_dir)  # bad input rows included: their ids are in quarantine/
+    errors = sum(1 for r in _quarantine_rows(out_dir) if r["reason"] in ERROR_REASONS)
+    _check_budget(errors, total, generate.max_error_fraction, out_dir)
+    skipped = len(done) - inputs.bad
+    todo = inputs.rows - skipped
+    calls, output_tokens = 0, 0
+    if todo > 0:
+        ensure_ray(ray_address)
+        if teacher.engine == "vllm":
+            _deploy_teacher(teacher)
+        writer = _Writer(out_dir, generate.shard_rows)
+        streaming_since = time.monotonic()
+        try:
+            with tqdm(total=todo, desc="generate", unit="row") as bar:
+                for batch in _stream(teacher, generate, inputs, done).iter_batches(
+                    batch_size=None, batch_format="pyarrow"
+                ):
+                    for row in batch.to_pylist():
+                        if row["id"] in done:  # a retried Ray Data task may repeat rows
+                            continue
+                        done.add(row["id"])
+                        calls += 1
+                        output_tokens += row["output_tokens"] or 0
+                        record, bad, _, _ = _outcome_for(task, row, generate.require_gold_match)
+                        errors += bad is not None and bad["reason"] in ERROR_REASONS
+                        writer.add(record, bad)
+                        bar.update(1)
+                    _check_budget(errors, total, generate.max_error_fraction, out_dir)
+        finally:
+            writer.flush()
+            if teacher.engine == "vllm" and not teacher.keep_running:
+                from ray import serve
+
+                from dsbs.generate.deployment import APP_NAME
+
+                serve.delete(APP_NAME)
+    wall = time.monotonic() - started
+    # Throughput counts the streaming phase only: engine start-up is reported separately.
+    streaming = time.monotonic() - streaming_since if todo > 0 else 0.0
+    summary = _write_stats(task, out_dir, inputs, calls, skipped, output_tokens, wall, streaming)
+    write_json(
+        storage.join(generate_root(run_dir), "manifest.json"),
+        {"config_hash": digest, "output": out_dir},
+    )
+    log.info(summary.line())
+    return summary
+
+
+def _write_stats(
+    task: Task,
+    out_dir: str,
+    inputs: Inputs,
+    calls: int,
+    skipped: int,
+    output_tokens: int,
+    wall: float,
+) -> GenerateSummary:
+    """Counts over the whole output (every run of this config), throughput for this run."""
+    written = correct = with_gold = prompt_total = output_total = 0
+    for file in storage.list_files(storage.join(out_dir, "data")):
+        if not file.endswith(".parquet"):
+            continue
+        table = pq.read_table(
+            io.BytesIO(storage.read_bytes(file)), columns=["label", "teacher_label", "meta"]
+        )
+        for row in table.to_pylist():
+            written += 1
+            tokens = json.loads(row["meta"] or "{}").get("teacher_tokens", {})
+            prompt_total += tokens.get("prompt_tokens", 0)
+            output_total += tokens.get("output_tokens", 0)
+            if row["label"] is not None:
+                with_gold += 1
+                correct += task.is_correct(row["teacher_label"], row["label"])
+    quarantine = _quarantine_rows(out_dir)
+    by_reason = Counter(r["reason"] for r in quarantine)
+    for r in quarantine:
+        prompt_total += r.get("prompt_tokens", 0) or 0
+        output_total += r.get("output_tokens", 0) or 0
+    # Gold mismatches were parsed and wrong; they count in agreement, as in the paper's filter.
+    with_gold += by_reason[GOLD_MISMATCH]
+    answered = written + by_reason[UNPARSEABLE] + by_reason[GOLD_MISMATCH]
+    summary = GenerateSummary(
+        output=storage.join(out_dir, "data"),
+        rows_in=inputs.rows + inputs.bad,
+        written=written,
+        quarantined=dict(by_reason),
+        teacher_calls=calls,
+        skipped=skipped,
+        parse_rate=(written + by_reason[GOLD_MISMATCH]) / answered if answered else 0.0,
+        agreement_with_gold=correct / with_gold if with_gold else None,
+        output_tokens_per_s=output_tokens / wall if wall > 0 else 0.0,
+        wall_time_s=wall,
+    )
+    stats = {
+        "rows_in": summary.rows_in,
+        "written": written,
+        "quarantined": dict(by_reason),
+        "duplicate_ids": inputs.duplicates,
+        "parse_rate": summary.parse_rate,
+        "agreement_with_gold": summary.agreement_with_gold,
+        "prompt_tokens": prompt_total,
+        "output_tokens": output_total,
+        "this_run": {
+            "teacher_calls": calls,
+            "skipped_already_done": summary.skipped,
+            "output_tokens": output_tokens,
+            "output_tokens_per_s": summary.output_tokens_per_s,
+            "wall_time_s": wall,
+        },
+    }
+    write_json(storage.join(out_dir, "stats.json"), stats)
+    write_json(
+        storage.join(out_dir, "manifest.json"),
+        {
+            "config_hash": out_dir.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1],
+            "complete": written + sum(by_reason.values()) == summary.rows_in,
+            "rows_in": summary.rows_in,
+            "written": written,
+            "quarantined": sum(by_reason.values()),
+        },
+    )
+    return summary

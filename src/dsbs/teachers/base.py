@@ -1,0 +1,104 @@
+"""The teacher seam: a request (prompt or chat messages plus sampling) -> sampled texts.
+
+Engines implement `Teacher`; the generate stage and the teacher's Serve deployment only
+see this protocol, so a test can hand them any small real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters shared by every engine."""
+
+    n: int = 1
+    """Samples per prompt (self-consistency when above 1)."""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 192
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    """Per-request seed, so that sampled outputs repeat across runs."""
+
+
+@dataclass(frozen=True)
+class TeacherRequest:
+    """One input for the teacher: a completion prompt or chat messages (exactly one)."""
+
+    request_id: str
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+    """(role, content) pairs; the engine applies the model's chat template."""
+    sampling: Sampling = field(default_factory=Sampling)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a teacher request needs exactly one of prompt or messages")
+
+
+@dataclass(frozen=True)
+class TeacherReply:
+    """The sampled texts and token counts for one request."""
+
+    texts: tuple[str, ...]
+    prompt_tokens: int
+    output_tokens: int
+
+
+class TeacherError(RuntimeError):
+    """The teacher failed for one request after its retries."""
+
+
+class Teacher(Protocol):
+    """Anything that answers teacher requests."""
+
+    async def complete(self, request: TeacherRequest) -> TeacherReply:
+        """Samples `request.sampling.n` texts for one request."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raises when the engine cannot serve."""
+        ...
+
+
+class RetryableError(RuntimeError):
+    """A failure worth another try (429, 5xx, timeout, a replica that went away)."""
+
+
+def backoff_delay(attempt: int, base_s: float = 1.0, cap_s: float = 30.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)].
+
+    Full jitter keeps many callers that failed together from retrying together.
+    """
+    import random
+
+    return random.uniform(0.0, min(cap_s, base_s * 2**attempt))  # noqa: S311 - jitter, not security
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], max_retries: int, what: str, base_s: float = 1.0
+) -> tuple[T, int]:
+    """Awaits `call()`, retrying `RetryableError`s with backoff; returns (result, attempts).
+
+    Raises:
+        TeacherError: after `max_retries` retries, or at once for a non-retryable error.
+    """
+    for attempt in range(max_retries + 1):
+        try:
+            return await call(), attempt + 1
+        except RetryableError as err:
+            if attempt == max_retries:
+                raise TeacherError(f"{what}: gave up after {attempt + 1} attempts: {err}") from err
+            delay = backoff_delay(attempt, base_s)
+            log.info("%s: %s; retrying in %.1f s", what, err, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")

