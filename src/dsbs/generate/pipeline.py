@@ -202,7 +202,7 @@ def _deploy_teacher(teacher: TeacherConfig) -> None:
         raise GenerationError(f"the teacher deployment did not start: {err}") from err
 
 
-def _read_not_done(batch: dict[str, Any], done: frozenset[str]) -> Any:
+def _read_not_done(batch: Any, done: frozenset[str]) -> Any:
     """Ray Data UDF: input shard paths -> the input records not done yet (arrow)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -373,6 +373,7 @@ def _write_stats(
     skipped: int,
     output_tokens: int,
     wall: float,
+    streaming: float,
 ) -> GenerateSummary:
     """Counts over the whole output (every run of this config), throughput for this run."""
     written = correct = with_gold = prompt_total = output_total = 0
@@ -407,7 +408,7 @@ def _write_stats(
         skipped=skipped,
         parse_rate=(written + by_reason[GOLD_MISMATCH]) / answered if answered else 0.0,
         agreement_with_gold=correct / with_gold if with_gold else None,
-        output_tokens_per_s=output_tokens / wall if wall > 0 else 0.0,
+        output_tokens_per_s=output_tokens / streaming if streaming > 0 else 0.0,
         wall_time_s=wall,
     )
     stats = {
@@ -424,6 +425,7 @@ def _write_stats(
             "skipped_already_done": summary.skipped,
             "output_tokens": output_tokens,
             "output_tokens_per_s": summary.output_tokens_per_s,
+            "streaming_s": streaming,
             "wall_time_s": wall,
         },
     }
