@@ -23,6 +23,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -233,9 +234,7 @@ def _stream(
         ray.data.from_items(
             [{"file": f} for f in inputs.files], override_num_blocks=len(inputs.files)
         )
-        .map_batches(
-            _read_not_done, fn_kwargs={"done": frozenset(done)}, batch_size=1, num_cpus=0.1
-        )
+        .map_batches(partial(_read_not_done, done=frozenset(done)), batch_size=1, num_cpus=0.1)
         .map_batches(
             TeacherCaller,
             fn_constructor_kwargs={
