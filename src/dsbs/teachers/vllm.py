@@ -25,6 +25,7 @@ def engine_args(cfg: TeacherConfig) -> dict[str, Any]:
         "max_model_len": cfg.max_model_len,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
         # Eager mode: CUDA graphs don't exist on CPU, and on GPU they add start-up time for
         # a job-scoped engine; throughput differences are small at the teacher's batch sizes.
         "enforce_eager": True,
