@@ -248,12 +248,20 @@ def read_rows(uri: str) -> list[dict[str, Any]]:
 
 
 def row_files(uri: str) -> list[str]:
-    """The .jsonl/.json, .parquet and .csv files of a file, folder or prefix, sorted.
+    """The row files of a file, folder or prefix, sorted.
+
+    A file named directly may be .jsonl, .json (JSON lines), .parquet or .csv; in a folder only
+    .jsonl, .parquet and .csv count, so that manifests and stats (.json) beside shards are not
+    read as rows.
 
     Raises:
         StorageError: when there are none.
     """
-    files = [f for f in list_files(uri) if Path(f).suffix.lower() in FORMATS]
+    listed = list_files(uri)
+    if listed == [uri]:
+        files = [uri] if Path(uri).suffix.lower() in FORMATS else []
+    else:
+        files = [f for f in listed if Path(f).suffix.lower() in (".jsonl", ".parquet", ".csv")]
     if not files:
         raise StorageError(f"{uri}: no .jsonl, .parquet or .csv files found")
     return files
