@@ -1,0 +1,209 @@
+"""Stage 1 on real components: a Ray head, Ray Serve, vLLM's CPU build, the embedded model.
+
+The teacher app stays up across the tests of this module (`teacher.keep_running`), as a
+long-lived teacher would, so that its model loads once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dsbs import storage
+from dsbs.config import load_config
+from dsbs.data.synth import synth
+from dsbs.generate import generate_rationales
+from dsbs.generate.deployment import APP_NAME
+from dsbs.generate.pipeline import config_hash
+from dsbs.records import read_records
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+ROWS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real Ray head started with `ray start`, as a cluster that jobs connect to.
+
+    Ray 2.60's `ray start` turns token authentication on, and a driver presents the token only
+    with RAY_AUTH_MODE=token set before `ray` is imported; this test cluster turns it off
+    instead, since this process imported ray long before the fixture runs.
+    """
+    import ray
+
+    port = _free_port()
+    subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
+         "--include-dashboard=false"],
+        check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False)
+    try:
+        yield address
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def _config(tmp_path: Path, name: str, address: str, extra: tuple[str, ...] = ()):
+    source = tmp_path / f"{name}.jsonl"
+    synth("arithmetic", ROWS, 11, str(source))
+    with source.open("a") as handle:  # two bad rows: they must end up in the quarantine
+        handle.write('{"input": "cut off\n{"label": "( 1.0 + 1.0 )"}\n')
+    overrides = [
+        f"data.source={source}",
+        f"pipeline.run_dir={tmp_path / name / 'run'}",
+        f"pipeline.ray_address={address}",
+        "teacher.max_tokens=48",
+        "teacher.keep_running=true",
+        "generate.shard_rows=4",
+        "generate.max_in_flight=8",
+        "generate.max_error_fraction=0.1",
+        *extra,
+    ]
+    return load_config(None, overrides), overrides
+
+
+def _out_dir(cfg) -> str:
+    return storage.join(cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate))
+
+
+def _ids(cfg) -> tuple[list[str], list[str], list[dict]]:
+    """(input ids, data ids, quarantine rows) of a run."""
+    out = _out_dir(cfg)
+    inputs = [r.id for r in read_records(storage.join(out, "inputs"))]
+    data = [r.id for r in read_records(storage.join(out, "data"))] if storage.list_files(storage.join(out, "data")) else []
+    quarantine = []
+    for file in storage.list_files(storage.join(out, "quarantine")):
+        quarantine += [json.loads(line) for line in Path(file).read_text().splitlines()]
+    return inputs, data, quarantine
+
+
+def _assert_exactly_once(cfg) -> tuple[list[str], list[dict]]:
+    inputs, data, quarantine = _ids(cfg)
+    bad = [q for q in quarantine if q["reason"] == "bad row"]
+    assert len(inputs) == ROWS and len(bad) == 2
+    ended = data + [q["id"] for q in quarantine]
+    assert sorted(ended) == sorted(inputs + [q["id"] for q in bad])  # each id exactly once
+    return data, quarantine
+
+
+def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, tmp_path):
+    cfg, _ = _config(tmp_path, "e2e", ray_head)
+    summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
+    data, quarantine = _assert_exactly_once(cfg)
+    assert summary.teacher_calls == ROWS and summary.rows_in == ROWS + 2
+    assert summary.written == len(data) > 0
+    stats = json.loads(Path(_out_dir(cfg), "stats.json").read_text())
+    for key in ("rows_in", "written", "quarantined", "parse_rate", "agreement_with_gold",
+                "prompt_tokens", "output_tokens"):
+        assert key in stats
+    assert stats["output_tokens"] > 0 and stats["this_run"]["output_tokens_per_s"] > 0
+    manifest = json.loads(Path(cfg.pipeline.run_dir, "generate", "manifest.json").read_text())
+    assert manifest["config_hash"] == config_hash(cfg.data, cfg.teacher, cfg.generate)
+    assert json.loads(Path(_out_dir(cfg), "manifest.json").read_text())["complete"] is True
+    record = read_records(storage.join(_out_dir(cfg), "data"))[0]
+    assert record.teacher_raw and record.meta["teacher_tokens"]["output_tokens"] > 0
+
+    again = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
+    assert again.teacher_calls == 0 and again.skipped == ROWS and again.written == summary.written
+    _assert_exactly_once(cfg)
+
+
+def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
+    cfg, overrides = _config(tmp_path, "resume", ray_head)
+    first_shard = Path(_out_dir(cfg), "data", "part-00000.parquet")
+    job = subprocess.Popen(
+        [sys.executable, str(REPO / "ray_jobs" / "generate_rationales.py"), *overrides],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 400
+    while not first_shard.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job.send_signal(signal.SIGKILL)  # not politely: no flush, no cleanup
+    job.wait()
+    assert first_shard.exists(), "the job wrote nothing before the deadline"
+    _, data, quarantine = _ids(cfg)
+    done_before = len(data) + len([q for q in quarantine if q["reason"] != "bad row"])
+    assert done_before < ROWS, "the job finished before it could be killed; use more rows"
+
+    summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
+    assert summary.teacher_calls == ROWS - done_before  # only the missing ones
+    assert summary.skipped == done_before
+    _assert_exactly_once(cfg)
+
+
+def _replica_pid() -> int:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    pids = [a.pid for a in actors if a.class_name == f"ServeReplica:{APP_NAME}:TeacherServer"]
+    assert pids, "no teacher replica is alive"
+    return pids[0]
+
+
+def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
+    cfg, _ = _config(tmp_path, "replica", ray_head)
+    first_shard = Path(_out_dir(cfg), "data", "part-00000.parquet")
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = generate_rationales(
+                cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head
+            )
+        except BaseException as err:  # surfaced by the assertion below
+            result["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 400
+    while not first_shard.exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(_replica_pid(), signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "the run did not finish after the replica was killed"
+    assert "error" not in result, result.get("error")
+    data, quarantine = _assert_exactly_once(cfg)
+    # Requests in flight on the dead replica were retried on its replacement.
+    assert not [q for q in quarantine if q["reason"] == "teacher error"]
+    assert result["summary"].teacher_calls == ROWS
+
+
+def test_health_check_fails_when_the_engine_dies(ray_head):
+    import psutil
+    import ray
+    from ray import serve
+
+    from dsbs.generate.deployment import DEPLOYMENT_NAME
+
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME)
+    handle.check_health.remote().result(timeout_s=60)
+    replica = psutil.Process(_replica_pid())
+    for child in replica.children(recursive=True):
+        child.kill()  # the vLLM engine core and its workers
+    time.sleep(2)
+    with pytest.raises(ray.exceptions.RayTaskError):
+        handle.check_health.remote().result(timeout_s=60)
