@@ -67,9 +67,9 @@ def ray_head():
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
-def _config(tmp_path: Path, name: str, address: str, extra: tuple[str, ...] = ()):
+def _config(tmp_path: Path, name: str, address: str, extra: tuple[str, ...] = (), rows: int = ROWS):
     source = tmp_path / f"{name}.jsonl"
-    synth("arithmetic", ROWS, 11, str(source))
+    synth("arithmetic", rows, 11, str(source))
     with source.open("a") as handle:  # two bad rows: they must end up in the quarantine
         handle.write('{"input": "cut off\n{"label": "( 1.0 + 1.0 )"}\n')
     overrides = [
@@ -101,10 +101,10 @@ def _ids(cfg) -> tuple[list[str], list[str], list[dict]]:
     return inputs, data, quarantine
 
 
-def _assert_exactly_once(cfg) -> tuple[list[str], list[dict]]:
+def _assert_exactly_once(cfg, rows: int = ROWS) -> tuple[list[str], list[dict]]:
     inputs, data, quarantine = _ids(cfg)
     bad = [q for q in quarantine if q["reason"] == "bad row"]
-    assert len(inputs) == ROWS and len(bad) == 2
+    assert len(inputs) == rows and len(bad) == 2
     ended = data + [q["id"] for q in quarantine]
     assert sorted(ended) == sorted(inputs + [q["id"] for q in bad])  # each id exactly once
     return data, quarantine
@@ -133,7 +133,10 @@ def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, t
 
 
 def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
-    cfg, overrides = _config(tmp_path, "resume", ray_head)
+    # Few requests in flight and more rows, so that answers trickle in and the kill lands
+    # part-way through.
+    rows = 32
+    cfg, overrides = _config(tmp_path, "resume", ray_head, ("generate.max_in_flight=4",), rows)
     first_shard = Path(_out_dir(cfg), "data", "part-00000.parquet")
     job = subprocess.Popen(
         [sys.executable, str(REPO / "ray_jobs" / "generate_rationales.py"), *overrides],
@@ -147,21 +150,23 @@ def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
     assert first_shard.exists(), "the job wrote nothing before the deadline"
     _, data, quarantine = _ids(cfg)
     done_before = len(data) + len([q for q in quarantine if q["reason"] != "bad row"])
-    assert done_before < ROWS, "the job finished before it could be killed; use more rows"
+    assert done_before < rows, "the job finished before it could be killed; use more rows"
 
     summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
-    assert summary.teacher_calls == ROWS - done_before  # only the missing ones
+    assert summary.teacher_calls == rows - done_before  # only the missing ones
     assert summary.skipped == done_before
-    _assert_exactly_once(cfg)
+    _assert_exactly_once(cfg, rows)
 
 
 def _replica_pid() -> int:
-    from ray.util.state import list_actors
+    """The teacher replica's process: Ray titles it `ray::ServeReplica:<app>:<deployment>`."""
+    import psutil
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-    pids = [a.pid for a in actors if a.class_name == f"ServeReplica:{APP_NAME}:TeacherServer"]
-    assert pids, "no teacher replica is alive"
-    return pids[0]
+    title = f"ServeReplica:{APP_NAME}:TeacherServer"
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(title in part for part in proc.info["cmdline"] or ()):
+            return proc.pid
+    raise AssertionError("no teacher replica is alive")
 
 
 def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
