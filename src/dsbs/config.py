@@ -62,7 +62,7 @@ class TeacherConfig(_Section):
     tensor_parallel_size: int = Field(1, ge=1)
     """GPUs per teacher replica (also the replica's GPU request)."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    """Fraction of each GPU vLLM may claim for weights and KV cache."""
+    """Fraction of each GPU vLLM may claim for weights and KV cache (GPU replicas only)."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of the shared few-shot prefix: 5x output tokens/s measured on CPU,
     where vLLM leaves it off by default."""

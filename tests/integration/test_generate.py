@@ -51,9 +51,19 @@ def ray_head():
 
     port = _free_port()
     subprocess.run(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
-         "--include-dashboard=false"],
-        check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            "--include-dashboard=false",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     address = f"127.0.0.1:{port}"
     ray.init(address=address, log_to_driver=False)
@@ -87,14 +97,20 @@ def _config(tmp_path: Path, name: str, address: str, extra: tuple[str, ...] = ()
 
 
 def _out_dir(cfg) -> str:
-    return storage.join(cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate))
+    return storage.join(
+        cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate)
+    )
 
 
 def _ids(cfg) -> tuple[list[str], list[str], list[dict]]:
     """(input ids, data ids, quarantine rows) of a run."""
     out = _out_dir(cfg)
     inputs = [r.id for r in read_records(storage.join(out, "inputs"))]
-    data = [r.id for r in read_records(storage.join(out, "data"))] if storage.list_files(storage.join(out, "data")) else []
+    data = (
+        [r.id for r in read_records(storage.join(out, "data"))]
+        if storage.list_files(storage.join(out, "data"))
+        else []
+    )
     quarantine = []
     for file in storage.list_files(storage.join(out, "quarantine")):
         quarantine += [json.loads(line) for line in Path(file).read_text().splitlines()]
@@ -112,13 +128,22 @@ def _assert_exactly_once(cfg, rows: int = ROWS) -> tuple[list[str], list[dict]]:
 
 def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, tmp_path):
     cfg, _ = _config(tmp_path, "e2e", ray_head)
-    summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
-    data, quarantine = _assert_exactly_once(cfg)
+    summary = generate_rationales(
+        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head
+    )
+    data, _ = _assert_exactly_once(cfg)
     assert summary.teacher_calls == ROWS and summary.rows_in == ROWS + 2
     assert summary.written == len(data) > 0
     stats = json.loads(Path(_out_dir(cfg), "stats.json").read_text())
-    for key in ("rows_in", "written", "quarantined", "parse_rate", "agreement_with_gold",
-                "prompt_tokens", "output_tokens"):
+    for key in (
+        "rows_in",
+        "written",
+        "quarantined",
+        "parse_rate",
+        "agreement_with_gold",
+        "prompt_tokens",
+        "output_tokens",
+    ):
         assert key in stats
     assert stats["output_tokens"] > 0 and stats["this_run"]["output_tokens_per_s"] > 0
     manifest = json.loads(Path(cfg.pipeline.run_dir, "generate", "manifest.json").read_text())
@@ -140,7 +165,8 @@ def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
     first_shard = Path(_out_dir(cfg), "data", "part-00000.parquet")
     job = subprocess.Popen(
         [sys.executable, str(REPO / "ray_jobs" / "generate_rationales.py"), *overrides],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 400
     while not first_shard.exists() and job.poll() is None and time.monotonic() < deadline:
@@ -152,7 +178,9 @@ def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
     done_before = len(data) + len([q for q in quarantine if q["reason"] != "bad row"])
     assert done_before < rows, "the job finished before it could be killed; use more rows"
 
-    summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
+    summary = generate_rationales(
+        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head
+    )
     assert summary.teacher_calls == rows - done_before  # only the missing ones
     assert summary.skipped == done_before
     _assert_exactly_once(cfg, rows)
@@ -191,7 +219,7 @@ def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
     thread.join(timeout=600)
     assert not thread.is_alive(), "the run did not finish after the replica was killed"
     assert "error" not in result, result.get("error")
-    data, quarantine = _assert_exactly_once(cfg)
+    _, quarantine = _assert_exactly_once(cfg)
     # Requests in flight on the dead replica were retried on its replacement.
     assert not [q for q in quarantine if q["reason"] == "teacher error"]
     assert result["summary"].teacher_calls == ROWS

@@ -44,11 +44,28 @@ def vllm_server():
     model = resolve_model("embedded:smollm2-135m-instruct")
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-         "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-         "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager", "--enable-prefix-caching"],
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model,
+            "--served-model-name",
+            SERVED_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "bfloat16",
+            "--max-model-len",
+            "2048",
+            "--enforce-eager",
+            "--enable-prefix-caching",
+        ],
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 300
@@ -93,12 +110,19 @@ class FlakyProxy:
             self.seen.append(status)
             return web.json_response({"error": "injected"}, status=status)
         body = await request.read()
-        async with ClientSession() as session, session.request(
-            request.method, self.upstream + request.path.removeprefix("/v1"), data=body,
-            headers={"Content-Type": "application/json"},
-        ) as upstream:
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method,
+                self.upstream + request.path.removeprefix("/v1"),
+                data=body,
+                headers={"Content-Type": "application/json"},
+            ) as upstream,
+        ):
             self.seen.append(upstream.status)
-            return web.Response(body=await upstream.read(), status=upstream.status, content_type="application/json")
+            return web.Response(
+                body=await upstream.read(), status=upstream.status, content_type="application/json"
+            )
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -112,8 +136,13 @@ class FlakyProxy:
 
 
 def _teacher_cfg(base_url: str, **extra):
-    overrides = [f"teacher.engine=openai", f"teacher.base_url={base_url}", f"teacher.model={SERVED_NAME}",
-                 "teacher.max_tokens=48", *[f"teacher.{k}={v}" for k, v in extra.items()]]
+    overrides = [
+        "teacher.engine=openai",
+        f"teacher.base_url={base_url}",
+        f"teacher.model={SERVED_NAME}",
+        "teacher.max_tokens=48",
+        *[f"teacher.{k}={v}" for k, v in extra.items()],
+    ]
     return load_config(None, overrides)
 
 
@@ -123,14 +152,20 @@ def test_completions_and_chat_through_a_recovering_endpoint(vllm_server):
     sampling = Sampling(max_tokens=16, stop=("\nQ:",))
 
     async def run():
-        completion = await teacher.complete(TeacherRequest("a", prompt="Q: 2 + 2?\nA:", sampling=sampling))
-        chat = await teacher.complete(TeacherRequest("b", messages=(("user", "Say hi."),), sampling=sampling))
+        completion = await teacher.complete(
+            TeacherRequest("a", prompt="Q: 2 + 2?\nA:", sampling=sampling)
+        )
+        chat = await teacher.complete(
+            TeacherRequest("b", messages=(("user", "Say hi."),), sampling=sampling)
+        )
         await teacher.aclose()
         return completion, chat
 
     completion, chat = asyncio.run(run())
     assert proxy.seen[:2] == [503, 429] and proxy.seen[2:] == [200, 200]
-    assert completion.output_tokens > 0 and completion.prompt_tokens > 0 and len(completion.texts) == 1
+    assert (
+        completion.output_tokens > 0 and completion.prompt_tokens > 0 and len(completion.texts) == 1
+    )
     assert chat.texts[0].strip()
 
 
@@ -146,16 +181,29 @@ def test_generate_with_the_openai_engine(vllm_server, ray_cluster, tmp_path):
     proxy = FlakyProxy(vllm_server, [503, 429, 503])
     source = tmp_path / "in.jsonl"
     synth("arithmetic", ROWS, 5, str(source))
-    cfg = load_config(None, [
-        "teacher.engine=openai", f"teacher.base_url={proxy.base_url}", f"teacher.model={SERVED_NAME}",
-        "teacher.max_tokens=48", f"data.source={source}", f"pipeline.run_dir={tmp_path / 'run'}",
-        "generate.shard_rows=4", "generate.max_in_flight=4",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "teacher.engine=openai",
+            f"teacher.base_url={proxy.base_url}",
+            f"teacher.model={SERVED_NAME}",
+            "teacher.max_tokens=48",
+            f"data.source={source}",
+            f"pipeline.run_dir={tmp_path / 'run'}",
+            "generate.shard_rows=4",
+            "generate.max_in_flight=4",
+        ],
+    )
     summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir)
-    out = storage.join(cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate))
+    out = storage.join(
+        cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate)
+    )
     data = [r.id for r in read_records(storage.join(out, "data"))]
-    quarantine = [json.loads(line) for f in storage.list_files(storage.join(out, "quarantine"))
-                  for line in Path(f).read_text().splitlines()]
+    quarantine = [
+        json.loads(line)
+        for f in storage.list_files(storage.join(out, "quarantine"))
+        for line in Path(f).read_text().splitlines()
+    ]
     inputs = [r.id for r in read_records(storage.join(out, "inputs"))]
     assert sorted(data + [q["id"] for q in quarantine]) == sorted(inputs)
     assert not [q for q in quarantine if q["reason"] == "teacher error"]  # the retries recovered

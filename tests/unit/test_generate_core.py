@@ -15,7 +15,13 @@ from dsbs.tasks import get_task
 from dsbs.teachers.base import RetryableError, TeacherError, with_retries
 
 SVAMP = get_task("svamp")
-ROW = {"id": "r1", "task": "svamp", "input": "Tom has 2 and gets 3.\nHow many?", "label": "( 2.0 + 3.0 )", "meta": "{}"}
+ROW = {
+    "id": "r1",
+    "task": "svamp",
+    "input": "Tom has 2 and gets 3.\nHow many?",
+    "label": "( 2.0 + 3.0 )",
+    "meta": "{}",
+}
 
 
 def test_vote_groups_labels_by_the_task_metric():
@@ -46,9 +52,13 @@ def test_finalize_outcomes():
     assert kept.record is not None and kept.correct is False
     lost = finalize(SVAMP, ROW, ["I don't know"], require_gold_match=False)
     assert lost.record is None and lost.reason == UNPARSEABLE
-    unlabeled = finalize(SVAMP, {**ROW, "label": None}, ["The answer is 5."], require_gold_match=True)
+    unlabeled = finalize(
+        SVAMP, {**ROW, "label": None}, ["The answer is 5."], require_gold_match=True
+    )
     assert unlabeled.record is not None and unlabeled.correct is None
-    voted = finalize(SVAMP, ROW, ["The answer is 5.", "The answer is (2 + 3)."], require_gold_match=False)
+    voted = finalize(
+        SVAMP, ROW, ["The answer is 5.", "The answer is (2 + 3)."], require_gold_match=False
+    )
     assert voted.record.meta["votes"] == {"5.0": 2}
 
 
@@ -57,18 +67,31 @@ def test_teacher_request_styles_and_seeds():
     chat = teacher_request(cfg.teacher, "svamp", "id-1", "Q?", 3)
     assert chat.prompt is None and chat.messages[-1] == ("user", "Q: Q?")
     assert chat.messages[0][0] == "system" and len(chat.messages) == 2 + 2 * len(SVAMP.exemplars)
-    assert chat.sampling.n == 3 and chat.sampling.seed == teacher_request(cfg.teacher, "svamp", "id-1", "Q?", 3).sampling.seed
+    assert (
+        chat.sampling.n == 3
+        and chat.sampling.seed
+        == teacher_request(cfg.teacher, "svamp", "id-1", "Q?", 3).sampling.seed
+    )
     assert "\nQ:" in chat.sampling.stop
-    completion = teacher_request(cfg.teacher.model_copy(update={"prompt_style": "completion"}), "svamp", "id-1", "Q?", 1)
+    completion = teacher_request(
+        cfg.teacher.model_copy(update={"prompt_style": "completion"}), "svamp", "id-1", "Q?", 1
+    )
     assert completion.prompt.endswith("Q: Q?\nA:") and completion.sampling.seed is None
 
 
 def test_config_hash_tracks_what_the_teacher_sees_only():
     base = load_config()
     digest = config_hash(base.data, base.teacher, base.generate)
-    same = load_config(None, ["teacher.max_replicas=4", "generate.max_in_flight=8", "generate.shard_rows=10"])
+    same = load_config(
+        None, ["teacher.max_replicas=4", "generate.max_in_flight=8", "generate.shard_rows=10"]
+    )
     assert config_hash(same.data, same.teacher, same.generate) == digest
-    for override in ("teacher.prompt_style=completion", "teacher.model=other", "teacher.max_tokens=50", "data.source=x.jsonl"):
+    for override in (
+        "teacher.prompt_style=completion",
+        "teacher.model=other",
+        "teacher.max_tokens=50",
+        "data.source=x.jsonl",
+    ):
         changed = load_config(None, [override])
         assert config_hash(changed.data, changed.teacher, changed.generate) != digest, override
 
@@ -85,7 +108,9 @@ def test_prepare_inputs_ids_bad_rows_and_records(tmp_path):
         "{broken",
         json.dumps({"input": "Tom has 2.\nHow many?", "label": "( 2.0 + 0.0 )"}),
         json.dumps({"label": "1"}),
-        json.dumps({"id": "keep-me", "task": "svamp", "input": "A record.\nHow many?", "label": "(1+1)"}),
+        json.dumps(
+            {"id": "keep-me", "task": "svamp", "input": "A record.\nHow many?", "label": "(1+1)"}
+        ),
         json.dumps({"id": "x", "task": "cqa", "input": "wrong task"}),
     ]
     source.write_text("\n".join(lines) + "\n")
@@ -95,7 +120,10 @@ def test_prepare_inputs_ids_bad_rows_and_records(tmp_path):
     records = read_records(str(tmp_path / "out" / "inputs"))
     assert records[1].id == f"{records[0].id}~2" and records[2].id == "keep-me"
     assert records[2].label == "( 1.0 + 1.0 )"  # gold normalised by the task
-    bad = [json.loads(x) for x in (tmp_path / "out" / "quarantine" / "inputs.jsonl").read_text().splitlines()]
+    bad = [
+        json.loads(x)
+        for x in (tmp_path / "out" / "quarantine" / "inputs.jsonl").read_text().splitlines()
+    ]
     assert [b["line"] for b in bad] == [2, 4, 6] and {b["reason"] for b in bad} == {"bad row"}
     assert "task 'cqa'" in bad[2]["detail"]
     # A second call reads the manifest instead of redoing the work.

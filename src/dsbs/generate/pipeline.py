@@ -47,6 +47,9 @@ from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
 
 log = logging.getLogger(__name__)
 
+ASYNC_BATCHES_PER_TASK = 4
+"""Ray Data's default for concurrent batches of an async UDF within one task."""
+
 SCHEMA_VERSION = 1
 """Bumped when the output format changes, so old outputs are not resumed into."""
 
@@ -224,8 +227,10 @@ def _stream(
     from dsbs.generate.deployment import APP_NAME
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows one bar
-    batch_size = max(1, min(16, generate.max_in_flight))
-    # Enough batches in flight on the one caller actor to keep max_in_flight requests busy.
+    # Ray Data runs up to 4 batches of one block at once on an async actor, so a batch of a
+    # quarter of max_in_flight lets even a single input shard fill the teacher; more shards
+    # run side by side on the actor (the semaphore keeps the total at max_in_flight).
+    batch_size = max(1, math.ceil(generate.max_in_flight / ASYNC_BATCHES_PER_TASK))
     calls = math.ceil(generate.max_in_flight / batch_size) + 1
     # The shard list goes in as items and each task reads its shard through dsbs.storage:
     # Ray's file readers plan a listing task that needs a whole CPU, which a small cluster

@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 # KV cache for the CPU build, in GiB; vLLM's CPU default (4 GiB) is too much for 2-core,
 # 24 GiB machines running several replicas and workers.
 CPU_KV_CACHE_GIB = "2"
+# On the CPU build `gpu_memory_utilization` is the share of the NUMA node's memory vLLM insists
+# is free at start-up (0.9 by default); the KV cache is sized by VLLM_CPU_KVCACHE_SPACE anyway,
+# so a modest share keeps start-up from failing beside other processes.
+CPU_MEMORY_UTILIZATION = 0.5
 
 
 def engine_args(cfg: TeacherConfig) -> dict[str, Any]:
@@ -24,7 +28,9 @@ def engine_args(cfg: TeacherConfig) -> dict[str, Any]:
         "dtype": cfg.dtype,
         "max_model_len": cfg.max_model_len,
         "tensor_parallel_size": cfg.tensor_parallel_size,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization
+        if cfg.use_gpu
+        else CPU_MEMORY_UTILIZATION,
         "enable_prefix_caching": cfg.enable_prefix_caching,
         # Eager mode: CUDA graphs don't exist on CPU, and on GPU they add start-up time for
         # a job-scoped engine; throughput differences are small at the teacher's batch sizes.

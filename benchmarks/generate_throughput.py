@@ -1,0 +1,108 @@
+"""Generation throughput: the dsbs pipeline against `vllm.LLM.generate` on the same prompts.
+
+    .venv/bin/python benchmarks/generate_throughput.py --rows 128 --max-tokens 64
+
+Both sides use the same model (the embedded SmolLM2-135M-Instruct), engine arguments
+(`dsbs.teachers.vllm.engine_args`), chat prompts and greedy sampling with the same stops.
+The direct side runs first in a child process (so its engine is gone before the pipeline
+starts on the same cores) and times `LLM.generate` alone; the pipeline side times the
+streaming phase (Ray Data -> Serve handle -> vLLM replica -> parse -> parquet shards) after
+the teacher replica is up. Output tokens/s of each, and their ratio, are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def _direct(rows_file: str, max_tokens: int, queue: multiprocessing.Queue) -> None:
+    from vllm import LLM
+
+    from dsbs.config import load_config
+    from dsbs.generate.caller import sampling_for, teacher_request
+    from dsbs.records import read_records
+    from dsbs.teachers.vllm import _sampling_params, engine_args
+
+    cfg = load_config(None, [f"teacher.max_tokens={max_tokens}"]).teacher
+    llm = LLM(**engine_args(cfg))
+    tokenizer = llm.get_tokenizer()
+    records = read_records(rows_file)
+    prompts = []
+    for record in records:
+        request = teacher_request(cfg, record.task, record.id, record.input, 1)
+        messages = [{"role": r, "content": c} for r, c in request.messages or ()]
+        prompts.append(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    params = _sampling_params(sampling_for(cfg, 1, records[0].id))
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    queue.put({"output_tokens": tokens, "seconds": seconds})
+    llm.llm_engine.engine_core.shutdown()
+    queue.close()
+    queue.join_thread()
+    os._exit(0)  # vLLM's background threads would keep the child alive past this point
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-in-flight", type=int, default=128, help="pipeline in flight")
+    args = parser.parse_args()
+
+    from dsbs.config import load_config
+    from dsbs.data.synth import synth
+    from dsbs.generate import generate_rationales
+
+    work = Path(tempfile.mkdtemp(prefix="dsbs-bench-gen-"))
+    rows_file = str(work / "rows.jsonl")
+    synth("arithmetic", args.rows, 0, rows_file)
+
+    queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_direct, args=(rows_file, args.max_tokens, queue)
+    )
+    child.start()
+    direct = queue.get()
+    child.join()
+
+    cfg = load_config(
+        None,
+        [
+            f"data.source={rows_file}",
+            f"pipeline.run_dir={work / 'run'}",
+            f"teacher.max_tokens={args.max_tokens}",
+            f"generate.max_in_flight={args.max_in_flight}",
+            "generate.shard_rows=32",
+        ],
+    )
+    summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir)
+    stats_file = next((work / "run" / "generate").glob("*/stats.json"))
+    run = json.loads(stats_file.read_text())["this_run"]
+
+    direct_tps = direct["output_tokens"] / direct["seconds"]
+    pipeline_tps = run["output_tokens_per_s"]
+    print(f"rows={args.rows} max_tokens={args.max_tokens} max_in_flight={args.max_in_flight}")
+    print(
+        f"direct vllm.LLM.generate: {direct['output_tokens']} tokens in {direct['seconds']:.1f} s"
+        f" = {direct_tps:.1f} tokens/s"
+    )
+    print(
+        f"dsbs pipeline:            {run['output_tokens']} tokens in {run['streaming_s']:.1f} s"
+        f" = {pipeline_tps:.1f} tokens/s"
+    )
+    print(f"ratio pipeline/direct:    {pipeline_tps / direct_tps:.3f}")
+    print(summary.line())
+
+
+if __name__ == "__main__":
+    main()
