@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +119,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        folder, name = str(gguf.parent), gguf.name
+    folder, name = str(gguf.parent), gguf.name
+
+    def fill(staging: Path) -> None:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         # The de-quantized weights are plain tensors; a leftover quantization_config would make
         # vLLM look for quantized kernels.
@@ -132,8 +132,24 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         clean.load_state_dict(model.state_dict())
         clean.save_pretrained(staging, safe_serialization=True)
         AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(staging)
-        files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
-        (staging / _READY_MARKER).write_text(json.dumps({"source": str(gguf), "files": files}))
+
+    _publish(target, str(gguf), fill)
+
+
+def _publish(target: Path, source: str, fill: Callable[[Path], None]) -> None:
+    """Fills a staging folder beside `target`, marks it ready, and renames it into place.
+
+    Readers never see a half-written folder: `_is_ready` trusts only a folder whose marker
+    lists every file with its size, and the marker is written last.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        fill(staging)
+        sizes = {
+            str(p.relative_to(staging)): p.stat().st_size for p in staging.rglob("*") if p.is_file()
+        }
+        (staging / _READY_MARKER).write_text(json.dumps({"source": source, "files": sizes}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -150,23 +166,14 @@ def _download_s3(prefix: str, root: Path) -> Path:
     files = storage.list_files(prefix)
     if not files:
         raise ModelResolutionError(f"{prefix}: no files under this prefix")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest}."))
-    try:
-        base = prefix.rstrip("/") + "/"
+    base = prefix.rstrip("/") + "/"
+
+    def fill(staging: Path) -> None:
         for uri in files:
             local = staging / uri.removeprefix(base)
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(storage.read_bytes(uri))
-        sizes = {
-            str(p.relative_to(staging)): p.stat().st_size for p in staging.rglob("*") if p.is_file()
-        }
-        (staging / _READY_MARKER).write_text(json.dumps({"source": prefix, "files": sizes}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    _publish(target, prefix, fill)
     log.info("downloaded %d files from %s to %s", len(files), prefix, target)
     return target
