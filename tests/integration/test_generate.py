@@ -190,10 +190,14 @@ def _replica_pid() -> int:
     """The teacher replica's process: Ray titles it `ray::ServeReplica:<app>:<deployment>`."""
     import psutil
 
-    title = f"ServeReplica:{APP_NAME}:TeacherServer"
+    title = f"ray::ServeReplica:{APP_NAME}:TeacherServer"
     for proc in psutil.process_iter(["cmdline"]):
-        if any(title in part for part in proc.info["cmdline"] or ()):
-            return proc.pid
+        cmdline = proc.info["cmdline"] or []
+        # Forked children (vLLM's engine core) start with their parent's title: skip them.
+        if cmdline and cmdline[0].startswith(title) and proc.pid != os.getpid():
+            parent = proc.parent()
+            if parent is None or not " ".join(parent.cmdline()).startswith(title):
+                return proc.pid
     raise AssertionError("no teacher replica is alive")
 
 
@@ -225,6 +229,36 @@ def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
     assert result["summary"].teacher_calls == ROWS
 
 
+def test_the_teacher_app_answers_openai_routes_over_http(ray_head, tmp_path):
+    """The long-lived mode: the same app with an HTTP route, as a RayService would run it."""
+    import urllib.request
+
+    from ray import serve
+
+    from dsbs.generate.deployment import teacher_app
+
+    cfg, _ = _config(tmp_path, "http", ray_head)
+    serve.run(teacher_app(cfg.teacher), name=APP_NAME, route_prefix="/")
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:8000{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - our server
+            return json.loads(response.read())
+
+    assert call("/healthz") == {"status": "ok"}
+    assert call("/v1/models")["data"][0]["id"] == cfg.teacher.model
+    chat = call(
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8},
+    )
+    assert chat["choices"][0]["message"]["content"] and chat["usage"]["completion_tokens"] > 0
+    text = call("/v1/completions", {"prompt": ["Q: 1 + 1?\nA:", "Q: 2 + 2?\nA:"], "max_tokens": 8})
+    assert len(text["choices"]) == 2 and text["object"] == "text_completion"
+
+
 def test_health_check_fails_when_the_engine_dies(ray_head):
     import psutil
     import ray
@@ -235,8 +269,10 @@ def test_health_check_fails_when_the_engine_dies(ray_head):
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME)
     handle.check_health.remote().result(timeout_s=60)
     replica = psutil.Process(_replica_pid())
-    for child in replica.children(recursive=True):
-        child.kill()  # the vLLM engine core and its workers
+    engine = [p for p in replica.children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    assert engine, "the replica runs no vLLM engine core"
+    for process in engine:
+        process.kill()  # the engine core alone; the replica must notice and report it
     time.sleep(2)
     with pytest.raises(ray.exceptions.RayTaskError):
         handle.check_health.remote().result(timeout_s=60)
