@@ -121,8 +121,8 @@ def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConf
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _done_ids(out_dir: str) -> set[str]:
-    """Ids already in this output's data or quarantine shards."""
+def _done_ids(out_dir: str, quarantined: list[dict[str, Any]]) -> set[str]:
+    """Ids already in this output's data shards or among its quarantined rows."""
     done: set[str] = set()
     data = storage.join(out_dir, "data")
     for file in storage.list_files(data):
@@ -132,8 +132,7 @@ def _done_ids(out_dir: str) -> set[str]:
                 .column("id")
                 .to_pylist()
             )
-    for row in _quarantine_rows(out_dir):
-        done.add(row["id"])
+    done.update(row["id"] for row in quarantined)
     return done
 
 
@@ -260,19 +259,15 @@ def _stream(
 
 def _outcome_for(
     task: Task, row: dict[str, Any], require_gold_match: bool
-) -> tuple[Record | None, dict[str, Any] | None, bool, bool | None]:
+) -> tuple[Record | None, dict[str, Any] | None]:
+    """One teacher answer as a record to write or a quarantine row (exactly one is set)."""
     tokens = {"prompt_tokens": row["prompt_tokens"], "output_tokens": row["output_tokens"]}
     if row["error"]:
-        return (
-            None,
-            quarantine_row(row["id"], TEACHER_ERROR, row["error"], input=row["input"]),
-            False,
-            None,
-        )
+        return None, quarantine_row(row["id"], TEACHER_ERROR, row["error"], input=row["input"])
     outcome = finalize(task, row, row["texts"], require_gold_match)
     if outcome.record is not None:
         outcome.record.meta = {**outcome.record.meta, "teacher_tokens": tokens}
-        return outcome.record, None, True, outcome.correct
+        return outcome.record, None
     bad = quarantine_row(
         row["id"],
         outcome.reason or UNPARSEABLE,
@@ -282,7 +277,7 @@ def _outcome_for(
         texts=row["texts"],
         **tokens,
     )
-    return None, bad, outcome.parsed, outcome.correct
+    return None, bad
 
 
 def generate_rationales(
@@ -321,8 +316,9 @@ def generate_rationales(
     )
     inputs = prepare_inputs(task, data.source, out_dir, generate.shard_rows)
     total = inputs.rows + inputs.bad
-    done = _done_ids(out_dir)  # bad input rows included: their ids are in quarantine/
-    errors = sum(1 for r in _quarantine_rows(out_dir) if r["reason"] in ERROR_REASONS)
+    quarantined = _quarantine_rows(out_dir)
+    done = _done_ids(out_dir, quarantined)  # bad input rows included: they are quarantined
+    errors = sum(1 for r in quarantined if r["reason"] in ERROR_REASONS)
     _check_budget(errors, total, generate.max_error_fraction, out_dir)
     skipped = len(done) - inputs.bad
     todo = inputs.rows - skipped
@@ -344,7 +340,7 @@ def generate_rationales(
                         done.add(row["id"])
                         calls += 1
                         output_tokens += row["output_tokens"] or 0
-                        record, bad, _, _ = _outcome_for(task, row, generate.require_gold_match)
+                        record, bad = _outcome_for(task, row, generate.require_gold_match)
                         errors += bad is not None and bad["reason"] in ERROR_REASONS
                         writer.add(record, bad)
                         bar.update(1)
