@@ -49,7 +49,7 @@ def _data_import_paper(args: argparse.Namespace) -> str:
 
 
 def _data_synth(args: argparse.Namespace) -> str:
-    return synth(args.task, args.n, args.seed, args.out)
+    return synth(args.task, args.n, args.seed, args.out, args.rationales)
 
 
 # Every command the CLI offers, by its words on the command line; tests check this table
@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth_cmd.add_argument("--task", required=True, choices=sorted(SYNTH_TASKS))
     synth_cmd.add_argument("--n", type=int, required=True, help="number of rows")
     synth_cmd.add_argument("--seed", type=int, default=0)
+    synth_cmd.add_argument(
+        "--rationales",
+        action="store_true",
+        help="add a worked solution as rationale and gold as teacher label (an oracle teacher)",
+    )
     synth_cmd.add_argument(
         "--out", required=True, help="output .jsonl/.parquet/.csv (local or s3://)"
     )

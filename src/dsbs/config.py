@@ -141,6 +141,10 @@ class TrainConfig(_Section):
         "distill_step_by_step"
     )
     """The paper's three training modes."""
+    data: str | None = None
+    """Training records (file or folder, local or s3://); None reads this run's generate output."""
+    test_data: str | None = None
+    """Held-out test records (e.g. the paper's test split); None holds out `test_fraction`."""
     label_source: Literal["gold", "teacher"] = "teacher"
     """Label `distill_step_by_step` learns (the other modes imply theirs); teacher when no gold."""
     alpha: float = Field(0.5, ge=0.0, le=1.0)
@@ -184,7 +188,13 @@ class TrainConfig(_Section):
     activation_checkpointing: bool = False
     """Recompute activations in backward to save memory (needed for t5-v1_1-xxl)."""
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """Share of training rows held out for validation when no valid file is given."""
+    """Share of rows held out for validation (chosen by a hash of id and seed, so stable)."""
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of rows held out for the final test when `test_data` is not given."""
+    eval_max_rows: int = Field(256, ge=1)
+    """Most validation rows decoded per periodic evaluation (the final test uses all)."""
+    eval_batch_size: int = Field(32, ge=1)
+    """Rows per generate call in evaluation, per worker."""
     subsample: float = Field(1.0, gt=0.0, le=1.0)
     """Fraction of training rows used (the paper's data-size sweeps)."""
     seed: int = 0
@@ -266,6 +276,10 @@ class Config(_Section):
             )
         if self.train.precision == "bf16" and not self.train.use_gpu:
             raise ValueError("train.precision: bf16 needs train.use_gpu=true; use fp32 on CPU")
+        if self.train.valid_fraction + self.train.test_fraction >= 1.0:
+            raise ValueError(
+                "train.valid_fraction: valid_fraction + test_fraction must leave rows to train on"
+            )
         if self.train.offload_param and self.train.zero_stage != 3:
             raise ValueError("train.offload_param: parameter offload needs train.zero_stage=3")
         if self.teacher.min_replicas > self.teacher.max_replicas:

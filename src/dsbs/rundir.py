@@ -6,7 +6,12 @@ RUN/generate/<hash>/data/           rationale records (parquet shards)
 RUN/generate/<hash>/quarantine/     rows that did not make it, with the reason
 RUN/generate/<hash>/stats.json      counts, parse rate, tokens, throughput
 RUN/generate/<hash>/manifest.json   counts and the config hash, written last
-RUN/train/ ...                      checkpoints, student/ export (training stage)
+RUN/train/manifest.json            which training output is current (config hash)
+RUN/train/<hash>/tokenizer/         the student's tokenizer (trained on the task text)
+RUN/train/<hash>/checkpoints/       DeepSpeed checkpoints reported through Ray Train
+RUN/train/<hash>/student/           the exported student (Hugging Face folder + dsbs file)
+RUN/train/<hash>/metrics.jsonl      per-step training and validation metrics
+RUN/train/<hash>/metrics.json       final metrics (written last: marks a finished run)
 RUN/report/ ...                     metrics.json, plots, index.html (pipeline)
 """
 
@@ -26,6 +31,28 @@ def generate_root(run_dir: str) -> str:
 def generate_dir(run_dir: str, config_hash: str) -> str:
     """RUN/generate/<hash>: one output per generation config."""
     return storage.join(run_dir, "generate", config_hash)
+
+
+def train_root(run_dir: str) -> str:
+    """RUN/train."""
+    return storage.join(run_dir, "train")
+
+
+def train_dir(run_dir: str, config_hash: str) -> str:
+    """RUN/train/<hash>: one output per training config."""
+    return storage.join(run_dir, "train", config_hash)
+
+
+def current_student(run_dir: str) -> str:
+    """The exported student of the current training output (what serving loads).
+
+    Raises:
+        FileNotFoundError: when the training stage has not completed in this run directory.
+    """
+    manifest = read_json(storage.join(train_root(run_dir), "manifest.json"))
+    if manifest is None:
+        raise FileNotFoundError(f"{train_root(run_dir)}: no completed training output")
+    return storage.join(train_dir(run_dir, manifest["config_hash"]), "student")
 
 
 def read_json(uri: str) -> dict[str, Any] | None:

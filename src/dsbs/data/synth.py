@@ -261,10 +261,17 @@ TEMPLATES: dict[str, Callable[[random.Random, _Ctx], Problem]] = {
 }
 
 
-def synth_arithmetic(n: int, seed: int) -> list[Record]:
+def worked_rationale(equation: str) -> str:
+    """A worked solution of an equation, e.g. `9 * 8 = 72. 72 + 30 = 102.`."""
+    return " ".join(f"{step}." for step in safe_math.worked_steps(equation))
+
+
+def synth_arithmetic(n: int, seed: int, rationales: bool = False) -> list[Record]:
     """`n` labeled arithmetic problems, the same for the same seed.
 
-    Every answer is checked to be a positive whole number by the safe evaluator.
+    Every answer is checked to be a positive whole number by the safe evaluator. With
+    `rationales`, each row also gets a worked solution as its rationale and the gold label as
+    its teacher label: an oracle teacher, for training without running one.
     """
     task = get_task("svamp")
     rng = random.Random(seed)  # noqa: S311 - reproducible data, not security
@@ -285,6 +292,8 @@ def synth_arithmetic(n: int, seed: int) -> list[Record]:
                 task=task.name,
                 input=text,
                 label=label,
+                teacher_label=label if rationales else None,
+                rationale=worked_rationale(equation) if rationales else None,
                 meta={"template": template, "answer": int(value), "seed": seed},
             )
         )
@@ -294,8 +303,10 @@ def synth_arithmetic(n: int, seed: int) -> list[Record]:
 SYNTH_TASKS = {"arithmetic": synth_arithmetic}
 
 
-def synth(task: str, n: int, seed: int, out: str) -> str:
+def synth(task: str, n: int, seed: int, out: str, rationales: bool = False) -> str:
     """Writes `n` synthetic rows of `task` to `out` (jsonl, parquet or csv; local or s3://).
+
+    With `rationales`, rows carry an oracle teacher's worked solution (see synth_arithmetic).
 
     Returns:
         The one-line summary.
@@ -309,7 +320,11 @@ def synth(task: str, n: int, seed: int, out: str) -> str:
         )
     if n <= 0:
         raise ValueError("n must be positive")
-    records = SYNTH_TASKS[task](n, seed)
+    records = SYNTH_TASKS[task](n, seed, rationales)
     write_records(out, records)
     templates = len({r.meta["template"] for r in records})
-    return f"synth {task}: {len(records)} rows from {templates} templates (seed {seed}) -> {out}"
+    oracle = " with oracle rationales" if rationales else ""
+    return (
+        f"synth {task}: {len(records)} rows{oracle} from {templates} templates (seed {seed}) "
+        f"-> {out}"
+    )

@@ -201,3 +201,29 @@ def values_equal(a: str, b: str, rel_tol: float = 1e-6) -> bool:
     except SafeMathError:
         return False
     return abs(float(x - y)) <= rel_tol * max(1.0, abs(float(y)))
+
+
+def _number(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
+
+
+def worked_steps(text: str) -> list[str]:
+    """The operations of an expression in evaluation order: `( 9 * 8 ) + 30` -> `9 * 8 = 72`, ...
+
+    Raises:
+        SafeMathError: for anything but bounded arithmetic, or a division by zero.
+    """
+    steps: list[str] = []
+
+    def walk(node: Node) -> Fraction:
+        if isinstance(node, Num):
+            return node.value
+        if isinstance(node, Neg):
+            return -walk(node.operand)
+        left, right = walk(node.left), walk(node.right)
+        value = _value(BinOp(node.op, Num(left, ""), Num(right, "")))
+        steps.append(f"{_number(left)} {node.op} {_number(right)} = {_number(value)}")
+        return value
+
+    walk(parse(text))
+    return steps

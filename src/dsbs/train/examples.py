@@ -1,0 +1,176 @@
+"""Training examples from records: what each mode learns, the splits, and collation.
+
+Pure: no Ray, no DeepSpeed. The collator turns a batch of examples into the two tasks'
+tensors with dynamic padding and `-100` on padded label positions (ignored by the loss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dsbs.records import Record
+from dsbs.student.export import LABEL_PREFIX, RATIONALE_PREFIX
+
+IGNORE_INDEX = -100
+"""Label id the cross-entropy ignores (padding)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training row: the input and the targets its mode learns."""
+
+    id: str
+    input: str
+    label: str
+    """The label target (gold or teacher, by mode)."""
+    rationale: str
+    """The rationale target; empty when the mode learns no rationale."""
+    gold: str
+    """The gold label for accuracy; empty when the row has none."""
+
+
+def label_target(record: Record, mode: str, label_source: str) -> str | None:
+    """The label a mode learns from a record: gold, the teacher's, or None when it lacks it."""
+    if mode == "standard_finetune" or (mode == "distill_step_by_step" and label_source == "gold"):
+        return record.label
+    return record.teacher_label
+
+
+def select_examples(
+    records: Iterable[Record], mode: str, label_source: str
+) -> tuple[list[Example], Counter[str]]:
+    """The examples a mode can learn from, and the count of skipped rows by reason.
+
+    A row without the label its mode needs (or, for `distill_step_by_step`, without a
+    rationale) is skipped and counted, never crashed on.
+    """
+    examples, skipped = [], Counter[str]()
+    for record in records:
+        label = label_target(record, mode, label_source)
+        rationale = record.rationale or ""
+        if not record.input.strip():
+            skipped["empty_input"] += 1
+        elif not label:
+            skipped[
+                "no_label"
+                if label_source == "gold" or mode == "standard_finetune"
+                else "no_teacher_label"
+            ] += 1
+        elif mode == "distill_step_by_step" and not rationale.strip():
+            skipped["no_rationale"] += 1
+        else:
+            examples.append(
+                Example(
+                    id=record.id,
+                    input=record.input,
+                    label=label,
+                    rationale=rationale if mode == "distill_step_by_step" else "",
+                    gold=record.label or "",
+                )
+            )
+    return examples, skipped
+
+
+def _unit(seed: int, salt: str, example_id: str) -> float:
+    """A uniform number in [0, 1) from seed and id: stable across runs, orders and machines."""
+    digest = hashlib.sha256(f"{seed}\x1f{salt}\x1f{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train, validation and test examples."""
+
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+
+
+def split_examples(
+    examples: Sequence[Example],
+    valid_fraction: float,
+    test_fraction: float,
+    subsample: float,
+    seed: int,
+    test: Sequence[Example] | None = None,
+) -> Splits:
+    """Splits by a hash of (seed, id), then keeps a `subsample` of the training rows.
+
+    Hash-based membership keeps splits fixed when rows are added or reordered, and makes the
+    subsamples of a data-size sweep nested (the 25% rows include the 12.5% rows). With an
+    explicit `test` set, no rows are held out for testing.
+    """
+    test_share = 0.0 if test is not None else test_fraction
+    train, valid, held = [], [], []
+    for example in examples:
+        u = _unit(seed, "split", example.id)
+        if u < test_share:
+            held.append(example)
+        elif u < test_share + valid_fraction:
+            valid.append(example)
+        elif _unit(seed, "subsample", example.id) < subsample:
+            train.append(example)
+    return Splits(train=train, valid=valid, test=list(test) if test is not None else held)
+
+
+def _encode(
+    tokenizer: Any, texts: Sequence[str], max_length: int, prefix: str = ""
+) -> tuple[list[list[int]], int]:
+    """Token ids ending in EOS, cut to `max_length` (keeping EOS); returns ids and cut count."""
+    ids = tokenizer([prefix + t for t in texts])["input_ids"]
+    eos = tokenizer.eos_token_id
+    cut = 0
+    for i, seq in enumerate(ids):
+        if len(seq) > max_length:
+            ids[i] = [*seq[: max_length - 1], eos]
+            cut += 1
+    return ids, cut
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+class Collator:
+    """Tokenizes a batch for the label task and, when asked, the rationale task."""
+
+    def __init__(
+        self, tokenizer: Any, max_input_length: int, max_target_length: int, rationale: bool
+    ) -> None:
+        """Keeps the tokenizer and limits; `rationale` adds the `explain:` task."""
+        self.tokenizer = tokenizer
+        self.max_input_length = max_input_length
+        self.max_target_length = max_target_length
+        self.rationale = rationale
+        self.truncated: Counter[str] = Counter()
+        """Inputs and targets cut to the maximum lengths so far, by kind."""
+
+    def _task(
+        self, inputs: Sequence[str], targets: Sequence[str], prefix: str, kind: str
+    ) -> dict[str, torch.Tensor]:
+        input_ids, cut_inputs = _encode(self.tokenizer, inputs, self.max_input_length, prefix)
+        target_ids, cut_targets = _encode(self.tokenizer, targets, self.max_target_length)
+        self.truncated["input"] += cut_inputs
+        self.truncated[kind] += cut_targets
+        input_tensor = _pad(input_ids, self.tokenizer.pad_token_id)  # [B, T_in]
+        return {
+            "input_ids": input_tensor,
+            "attention_mask": (input_tensor != self.tokenizer.pad_token_id).long(),
+            "labels": _pad(target_ids, IGNORE_INDEX),  # [B, T_target], -100 on padding
+        }
+
+    def __call__(self, batch: dict[str, Sequence[str]]) -> dict[str, dict[str, torch.Tensor]]:
+        """Tensors per task from a column batch with `input`, `label` and `rationale`."""
+        inputs = [str(t) for t in batch["input"]]
+        out = {"label": self._task(inputs, [str(t) for t in batch["label"]], LABEL_PREFIX, "label")}
+        if self.rationale:
+            rationales = [str(t) for t in batch["rationale"]]
+            out["rationale"] = self._task(inputs, rationales, RATIONALE_PREFIX, "rationale")
+        return out

@@ -1,0 +1,329 @@
+"""The training loop each Ray Train worker runs: DeepSpeed, the multi-task step, eval, export.
+
+spec -> tokenizer + student -> deepspeed.initialize (ZeRO stage from config)
+  -> resume from the latest checkpoint (Ray Train's after a failure, else `resume_from`)
+  -> for each micro-batch of this worker's Ray Data shard: multitask_loss, backward, step
+     every eval_every steps: validation (loss per task, label accuracy)
+     every checkpoint_every steps: DeepSpeed checkpoint -> ray.train.report
+  -> test evaluation -> export (consolidated under ZeRO-3) -> metrics.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from dsbs import storage
+from dsbs.config import StudentConfig, TrainConfig
+from dsbs.model_cache import fetch_folder
+from dsbs.student.decode import generate_texts
+from dsbs.student.export import LABEL_PREFIX, RATIONALE_PREFIX, StudentInfo, save_student
+from dsbs.student.model import build_student
+from dsbs.student.tokenizer import load_tokenizer
+from dsbs.tasks import get_task
+from dsbs.train.deepspeed_setup import build_optimizer, deepspeed_config, lr_lambda
+from dsbs.train.evaluate import chunks, padded_slice, reference_label
+from dsbs.train.examples import IGNORE_INDEX, Collator, Example
+from dsbs.train.loss import multitask_loss
+
+log = logging.getLogger("dsbs.train")
+
+STATE_FILE = "dsbs_state.json"
+"""Loop state saved beside DeepSpeed's files in every checkpoint: step and metric history."""
+
+
+@dataclass
+class LoopSpec:
+    """Everything a worker needs, passed as Ray Train's train_loop_config."""
+
+    train: dict[str, Any]
+    student: dict[str, Any]
+    task: str
+    out_dir: str
+    """RUN/train/<hash>: metrics and the export go here."""
+    tokenizer_dir: str
+    version: str
+    valid: list[dict[str, str]] = field(default_factory=list)
+    test: list[dict[str, str]] = field(default_factory=list)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function (see the module docstring)."""
+    import ray.train
+
+    spec = LoopSpec(**config)
+    train, student = TrainConfig(**spec.train), StudentConfig(**spec.student)
+    if not train.use_gpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"  # read by deepspeed at import
+    import deepspeed
+
+    _configure_logging()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(train.seed)  # same initial weights on every rank (ZeRO-3 partitions them)
+    tokenizer = load_tokenizer(fetch_folder(spec.tokenizer_dir))
+    model = build_student(student, len(tokenizer))
+    if train.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    optimizer = build_optimizer(train, [p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train)
+    )
+    state = _restore(engine, train)
+    rationale = train.mode == "distill_step_by_step"
+    collator = Collator(tokenizer, student.max_input_length, student.max_target_length, rationale)
+    evaluator = _Evaluator(engine, tokenizer, collator, train, student, spec.task, rank, world)
+    valid = [Example(**row) for row in spec.valid]
+    shard = ray.train.get_dataset_shard("train")
+    rows_per_step = train.micro_batch_size * train.grad_accum_steps * world
+    if rank == 0:
+        log.info("training from step %d to %d on %d workers", state.step, train.max_steps, world)
+    epoch = 0
+    while state.step < train.max_steps:
+        started = time.perf_counter()
+        for batch in shard.iter_batches(
+            batch_size=train.micro_batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=train.micro_batch_size * 16,
+            local_shuffle_seed=train.seed + 1000 * state.step + epoch,
+        ):
+            engine.train()
+            losses = multitask_loss(engine, collator(batch), train.alpha)
+            engine.backward(losses.total)
+            engine.step()
+            if not engine.is_gradient_accumulation_boundary():
+                continue
+            state.step += 1
+            state.train_seconds += time.perf_counter() - started
+            state.record(state.step, losses, engine.get_lr()[0], rows_per_step, collator)
+            if rank == 0 and (state.step % max(1, train.max_steps // 20) == 0):
+                log.info(
+                    "step %d/%d: %s", state.step, train.max_steps, _describe(state.history[-1])
+                )
+            if state.step % train.eval_every == 0 or state.step == train.max_steps:
+                state.history.append(
+                    evaluator.run(valid[: train.eval_max_rows], state.step, "valid")
+                )
+                if rank == 0:
+                    log.info("step %d validation: %s", state.step, _describe(state.history[-1]))
+            if state.step % train.checkpoint_every == 0 or state.step == train.max_steps:
+                _checkpoint(engine, state, spec, rank)
+            if state.step >= train.max_steps:
+                break
+            started = time.perf_counter()
+        epoch += 1
+    test = evaluator.run([Example(**row) for row in spec.test], state.step, "test")
+    _export(engine, tokenizer, train, student, spec, state, rank)
+    if rank == 0:
+        _write_metrics(spec, state, test)
+
+
+def _configure_logging() -> None:
+    # Ray's worker may already log through the root logger; add a handler only when none does.
+    if not logging.getLogger().handlers and not logging.getLogger("dsbs").handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("dsbs").addHandler(handler)
+    logging.getLogger("dsbs").setLevel(logging.INFO)
+
+
+def _describe(row: dict[str, Any]) -> str:
+    """A metrics row as one short log line."""
+    parts = [f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)]
+    return ", ".join(parts)
+
+
+@dataclass
+class _State:
+    """What survives a restart: the optimizer step, time spent, and the metric rows so far."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    rows: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, step: int, losses: Any, lr: float, rows: int, collator: Collator) -> None:
+        self.rows += rows
+        row: dict[str, Any] = {
+            "split": "train",
+            "step": step,
+            "loss": losses.total.item(),
+            "label_loss": losses.label_loss.item(),
+            "lr": lr,
+            "examples_per_s": self.rows / max(self.train_seconds, 1e-9),
+            "truncated": dict(collator.truncated),
+        }
+        if losses.rationale_loss is not None:
+            row["rationale_loss"] = losses.rationale_loss.item()
+        self.history.append(row)
+
+
+def _restore(engine: Any, train: TrainConfig) -> _State:
+    """Loads the latest checkpoint: Ray Train's (after a failure or a rerun), else resume_from."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and train.resume_from:
+        fs, path = storage.pyarrow_filesystem(train.resume_from)
+        checkpoint = ray.train.Checkpoint(path, filesystem=fs)
+    if checkpoint is None:
+        return _State()
+    with checkpoint.as_directory() as folder:
+        load_path, _ = engine.load_checkpoint(folder)
+        if load_path is None:
+            raise RuntimeError(f"{checkpoint.path}: not a DeepSpeed checkpoint")
+        with open(os.path.join(folder, STATE_FILE)) as f:
+            state = _State(**json.load(f))
+    log.info("resumed from %s at step %d", checkpoint.path, state.step)
+    return state
+
+
+def _checkpoint(engine: Any, state: _State, spec: LoopSpec, rank: int) -> None:
+    """DeepSpeed checkpoint of this rank's shards, merged by Ray Train into one folder."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag=f"step{state.step}")
+        if rank == 0:
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump(asdict(state), f)
+            _write_history(spec, state)
+        metrics = {
+            "step": state.step,
+            **{k: v for k, v in state.history[-1].items() if isinstance(v, float)},
+        }
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+class _Evaluator:
+    """Validation and test: loss per task (token-weighted) and label accuracy, across ranks."""
+
+    def __init__(
+        self,
+        engine: Any,
+        tokenizer: Any,
+        collator: Collator,
+        train: TrainConfig,
+        student: StudentConfig,
+        task: str,
+        rank: int,
+        world: int,
+    ) -> None:
+        self.engine, self.tokenizer, self.collator = engine, tokenizer, collator
+        self.train, self.student, self.task = train, student, get_task(task)
+        self.rank, self.world = rank, world
+
+    @torch.no_grad()
+    def run(self, examples: list[Example], step: int, split: str) -> dict[str, Any]:
+        """Metrics of one pass over `examples` (every rank calls this with the same list)."""
+        import torch.distributed as dist
+
+        self.engine.eval()
+        rows, real = padded_slice(examples, self.rank, self.world)
+        # label loss sum, label tokens, rationale loss sum, rationale tokens, correct, scored
+        sums = torch.zeros(6, dtype=torch.float64)
+        for offset, batch in zip(
+            range(0, len(rows), self.train.eval_batch_size),
+            chunks(rows, self.train.eval_batch_size),
+            strict=True,
+        ):
+            n_real = max(0, min(len(batch), real - offset))
+            tensors = self.collator(
+                {k: [getattr(e, k) for e in batch] for k in ("input", "label", "rationale")}
+            )
+            for i, task in enumerate(("label", "rationale")):
+                if task not in tensors:
+                    continue
+                part = {k: v.to(self.engine.device) for k, v in tensors[task].items()}
+                part["labels"][n_real:] = IGNORE_INDEX  # pad rows count for nothing
+                tokens = int((part["labels"] != IGNORE_INDEX).sum())
+                loss = self.engine(**part).loss
+                if tokens:
+                    sums[2 * i] += float(loss) * tokens
+                    sums[2 * i + 1] += tokens
+            predictions = generate_texts(
+                self.engine.module,
+                self.tokenizer,
+                [LABEL_PREFIX + e.input for e in batch],
+                self.student.max_input_length,
+                self.student.max_target_length,
+                synced_gpus=self.train.zero_stage == 3 and self.world > 1,
+            )
+            pairs = list(zip(predictions[:n_real], batch[:n_real], strict=True))
+            sums[4] += sum(self.task.is_correct(p, reference_label(e)) for p, e in pairs)
+            sums[5] += n_real
+        dist.all_reduce(sums)
+        metrics: dict[str, Any] = {"split": split, "step": step, "rows": int(sums[5])}
+        if sums[1]:
+            metrics["label_loss"] = float(sums[0] / sums[1])
+        if sums[3]:
+            metrics["rationale_loss"] = float(sums[2] / sums[3])
+        if sums[5]:
+            metrics["label_accuracy"] = float(sums[4] / sums[5])
+        return metrics
+
+
+def _export(
+    engine: Any,
+    tokenizer: Any,
+    train: TrainConfig,
+    student: StudentConfig,
+    spec: LoopSpec,
+    state: _State,
+    rank: int,
+) -> None:
+    """One consolidated Hugging Face folder, written by rank 0 only."""
+    if train.zero_stage == 3:
+        # Collective: every rank sends its shards; only rank 0 receives the full state dict.
+        state_dict = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state_dict = engine.module.state_dict() if rank == 0 else None
+    if rank != 0:
+        return
+    info = StudentInfo(
+        task=spec.task,
+        mode=train.mode,
+        preset="pretrained" if student.model else student.preset,
+        max_input_length=student.max_input_length,
+        max_target_length=student.max_target_length,
+        steps=state.step,
+        version=spec.version,
+        rationale_prefix=RATIONALE_PREFIX if train.mode == "distill_step_by_step" else "",
+    )
+    state_dict = {k: v.detach().float().cpu() for k, v in state_dict.items()}
+    save_student(engine.module, tokenizer, info, storage.join(spec.out_dir, "student"), state_dict)
+
+
+def _write_history(spec: LoopSpec, state: _State) -> None:
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in state.history)
+    storage.write_bytes(storage.join(spec.out_dir, "metrics.jsonl"), text.encode())
+
+
+def _write_metrics(spec: LoopSpec, state: _State, test: dict[str, Any]) -> None:
+    """Final metrics.json (written last: its presence marks a finished training run)."""
+    train_rows = [r for r in state.history if r["split"] == "train"]
+    valid_rows = [r for r in state.history if r["split"] == "valid"]
+    summary = {
+        "steps": state.step,
+        "train_seconds": state.train_seconds,
+        "examples_per_s": train_rows[-1]["examples_per_s"] if train_rows else 0.0,
+        "final_train": train_rows[-1] if train_rows else {},
+        "final_valid": valid_rows[-1] if valid_rows else {},
+        "test": test,
+        "version": spec.version,
+    }
+    _write_history(spec, state)
+    storage.write_bytes(
+        storage.join(spec.out_dir, "metrics.json"),
+        (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
+    )
