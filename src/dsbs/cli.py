@@ -19,6 +19,7 @@ from dsbs.data.quarantine import BadInputError
 from dsbs.data.synth import SYNTH_TASKS, synth
 from dsbs.generate.pipeline import GenerationError
 from dsbs.storage import StorageError
+from dsbs.student.presets import PRESETS
 
 log = logging.getLogger("dsbs")
 
@@ -43,6 +44,60 @@ def _generate(args: argparse.Namespace) -> str:
     return summary.line()
 
 
+def _train(args: argparse.Namespace) -> str:
+    from dsbs.train.trainer import train_student
+
+    cfg = _resolved(args)
+    summary = train_student(
+        cfg.train, cfg.student, cfg.data.task, cfg.pipeline.run_dir, cfg.pipeline.ray_address
+    )
+    return summary.line()
+
+
+def _evaluate(args: argparse.Namespace) -> str:
+    from dsbs.train.evaluate import evaluate_export
+
+    return evaluate_export(args.model, args.data, args.batch_size).line()
+
+
+def _plan(args: argparse.Namespace) -> str:
+    from dsbs.train.plan import PlanInput, format_plan, plan_memory
+
+    cfg = load_config(args.config, args.overrides)
+    offload = (
+        args.offload
+        if args.offload is not None
+        else [
+            name
+            for name, on in (
+                ("optimizer", cfg.train.offload_optimizer),
+                ("param", cfg.train.offload_param),
+            )
+            if on
+        ]
+    )
+    zero = args.zero if args.zero is not None else cfg.train.zero_stage
+    if "param" in offload and zero != 3:
+        raise ConfigError("--offload param needs --zero 3")
+    precision = "bf16" if cfg.train.use_gpu or args.config is None else cfg.train.precision
+    request = PlanInput(
+        preset=args.model or cfg.student.preset,
+        gpus=args.gpus or cfg.train.num_workers,
+        gpu_mem_gb=args.gpu_mem_gb,
+        zero_stage=zero,
+        offload_optimizer="optimizer" in offload,
+        offload_param="param" in offload,
+        precision="fp32" if precision == "fp32" else "bf16",
+        optimizer=args.optimizer or cfg.train.optimizer,
+        micro_batch_size=args.micro_batch or cfg.train.micro_batch_size,
+        max_input_length=args.input_len or cfg.student.max_input_length,
+        max_target_length=args.target_len or cfg.student.max_target_length,
+        activation_checkpointing=cfg.train.activation_checkpointing or args.config is None,
+        rationale=cfg.train.mode == "distill_step_by_step",
+    )
+    return format_plan(request, plan_memory(request))
+
+
 def _data_import_paper(args: argparse.Namespace) -> str:
     summary = import_paper(args.dataset, args.root, args.split, args.out, args.max_bad_fraction)
     return summary.line()
@@ -56,6 +111,9 @@ def _data_synth(args: argparse.Namespace) -> str:
 # against the parser so that no command is registered without a handler or the reverse.
 COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
     "generate": _generate,
+    "train": _train,
+    "evaluate": _evaluate,
+    "plan": _plan,
     "config show": _config_show,
     "data import-paper": _data_import_paper,
     "data synth": _data_synth,
@@ -84,6 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
             "generate", help="stage 1: teacher rationales for every input (resumable)"
         )
     )
+
+    _add_config_args(
+        groups.add_parser(
+            "train", help="stage 2: train the student with Ray Train + DeepSpeed (resumable)"
+        )
+    )
+    evaluate = groups.add_parser("evaluate", help="score an exported student on records")
+    evaluate.add_argument("--model", required=True, help="exported student folder or s3:// prefix")
+    evaluate.add_argument("--data", required=True, help="records with labels (file or folder)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    plan = groups.add_parser(
+        "plan", help="per-GPU memory for a student size, GPU count and ZeRO stage"
+    )
+    _add_config_args(plan)
+    plan.add_argument("--model", choices=sorted(PRESETS), help="student preset (config's)")
+    plan.add_argument("--gpus", type=int, help="GPUs (config's train.num_workers)")
+    plan.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory per GPU (80)")
+    plan.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage")
+    plan.add_argument(
+        "--offload", nargs="*", choices=("optimizer", "param"), help="what to keep in CPU memory"
+    )
+    plan.add_argument("--optimizer", choices=("adamw", "adafactor"))
+    plan.add_argument("--micro-batch", type=int, help="examples per GPU per forward pass")
+    plan.add_argument("--input-len", type=int, help="input tokens")
+    plan.add_argument("--target-len", type=int, help="target tokens")
 
     config = groups.add_parser("config", help="inspect the configuration tree")
     config_cmds = config.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -133,7 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"dsbs: config error: {err}", file=sys.stderr)
         return 2
-    except (BadInputError, StorageError, GenerationError, ValueError) as err:
+    except (
+        BadInputError,
+        StorageError,
+        GenerationError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
         print(f"dsbs: error: {err}", file=sys.stderr)
         return 1
     return 0

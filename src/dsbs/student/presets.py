@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import T5Config
+if TYPE_CHECKING:
+    from transformers import T5Config
 
 T5_V1_1_VOCAB = 32128
 """The vocabulary of google/t5-v1_1-* (32,000 pieces + 100 sentinels, padded to 128)."""
@@ -27,6 +28,8 @@ def build_config(preset: str, vocab_size: int = T5_V1_1_VOCAB) -> T5Config:
     Raises:
         KeyError: for an unknown preset.
     """
+    from transformers import T5Config
+
     shape = PRESETS[preset]
     return T5Config(
         vocab_size=vocab_size,

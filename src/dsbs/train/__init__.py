@@ -1,5 +1,1 @@
-"""Stage 2: student training with Ray Train and DeepSpeed."""
-
-from dsbs.train.trainer import TrainingError, TrainSummary, train_student
-
-__all__ = ["TrainSummary", "TrainingError", "train_student"]
+"""Stage 2: student training with Ray Train and DeepSpeed (entry: trainer.train_student)."""

@@ -44,7 +44,7 @@ SCHEMA_VERSION = 1
 _NOT_HASHED = {"max_failures", "resume_from", "cpus_per_worker", "eval_max_rows"}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ValueError):
     """The training stage could not run: no usable rows, or too few for the batch size."""
 
 
