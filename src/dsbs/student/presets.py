@@ -10,8 +10,10 @@ if TYPE_CHECKING:
 T5_V1_1_VOCAB = 32128
 """The vocabulary of google/t5-v1_1-* (32,000 pieces + 100 sentinels, padded to 128)."""
 
-# google/t5-v1_1-*: gated-GELU feed-forward, untied input/output embeddings, d_kv 64.
-# Numbers from each model's published config.json.
+# google/t5-v1_1-*: gated-GELU feed-forward, d_kv 64, no rescaling of decoder outputs.
+# Numbers from each model's published config.json. `tie_word_embeddings=False` is how v1.1
+# configs say "do not rescale"; transformers 5 reads it so and then ties lm_head to the input
+# embedding anyway, so parameter counts here are the library's (11.0B for xxl, not 11.1B).
 PRESETS: dict[str, dict[str, Any]] = {
     "t5-tiny": {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2},
     "t5-v1_1-small": {"d_model": 512, "d_ff": 1024, "d_kv": 64, "num_heads": 6, "num_layers": 8},

@@ -1,0 +1,48 @@
+"""`dsbs plan`: per-GPU memory from DeepSpeed's estimators plus T5 activations."""
+
+from pathlib import Path
+
+from dsbs import cli
+from dsbs.train.plan import PlanInput, plan_memory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_xxl_config_fits_eight_80gb_gpus(capsys):
+    config = REPO / "configs" / "svamp_palm_to_t5-v1_1-xxl_8gpu.yaml"
+    assert cli.main(["plan", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "t5-v1_1-xxl" in out and "ZeRO-3" in out and "\nFITS" in out
+
+
+def test_xxl_on_one_gpu_does_not_fit_and_offload_changes_the_gpu_share():
+    one = plan_memory(PlanInput(preset="t5-v1_1-xxl", gpus=1, gpu_mem_gb=80, zero_stage=3))
+    assert not one.fits and one.max_micro_batch_size == 0
+    offloaded = plan_memory(
+        PlanInput(
+            preset="t5-v1_1-xxl",
+            gpus=8,
+            gpu_mem_gb=80,
+            zero_stage=3,
+            offload_optimizer=True,
+            offload_param=True,
+        )
+    )
+    assert offloaded.weights == 0 and offloaded.optimizer == 0 and offloaded.fits
+
+
+def test_model_states_are_deepspeeds_estimate_and_activations_grow_with_batch():
+    small = PlanInput(
+        preset="t5-v1_1-large", gpus=1, gpu_mem_gb=80, zero_stage=2, micro_batch_size=4
+    )
+    plan = plan_memory(small)
+    states = plan.weights + plan.gradients + plan.optimizer + plan.gathered_layer
+    assert plan.deepspeed_model_states is not None
+    assert abs(states - plan.deepspeed_model_states) < 16  # rounding of the scaled parts
+    assert plan.deepspeed_model_states == 20 * plan.params  # 2 + 18 bytes per parameter on 1 GPU
+    bigger = plan_memory(PlanInput(**{**small.__dict__, "micro_batch_size": 8}))
+    assert bigger.activations > plan.activations and plan.max_micro_batch_size >= 8
+    no_ckpt = plan_memory(PlanInput(**{**small.__dict__, "activation_checkpointing": False}))
+    assert no_ckpt.activations > plan.activations
+    adafactor = plan_memory(PlanInput(**{**small.__dict__, "optimizer": "adafactor"}))
+    assert adafactor.deepspeed_model_states is None and adafactor.optimizer < plan.optimizer / 2

@@ -1,0 +1,201 @@
+"""The pure pieces of training: examples per mode, splits, collation, the loss, DeepSpeed knobs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsbs.config import TrainConfig
+from dsbs.records import Record
+from dsbs.student.presets import build_config
+from dsbs.student.tokenizer import train_tokenizer
+from dsbs.train.deepspeed_setup import deepspeed_config, lr_lambda
+from dsbs.train.examples import IGNORE_INDEX, Collator, Example, select_examples, split_examples
+from dsbs.train.loss import multitask_loss
+
+RECORDS = [
+    Record(
+        id="a",
+        task="svamp",
+        input="2 plus 3?",
+        label="( 2 + 3 )",
+        teacher_label="( 2 + 3 )",
+        rationale="2 + 3 = 5.",
+    ),
+    Record(
+        id="b",
+        task="svamp",
+        input="4 times 2?",
+        label="( 4 * 2 )",
+        teacher_label=None,
+        rationale=None,
+    ),
+    Record(
+        id="c",
+        task="svamp",
+        input="9 minus 1?",
+        label=None,
+        teacher_label="( 9 - 1 )",
+        rationale="9 - 1 = 8.",
+    ),
+    Record(
+        id="d",
+        task="svamp",
+        input="6 over 3?",
+        label="( 6 / 3 )",
+        teacher_label="( 6 / 2 )",
+        rationale="",
+    ),
+    Record(
+        id="e",
+        task="svamp",
+        input="   ",
+        label="( 1 + 1 )",
+        teacher_label="( 1 + 1 )",
+        rationale="x",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    texts = [
+        f"predict: {i} plus {i + 1}? explain: {i} + {i + 1} = {2 * i + 1}." for i in range(200)
+    ]
+    return train_tokenizer(texts, 120, tmp_path_factory.mktemp("tok"))
+
+
+def test_each_mode_learns_its_label_and_counts_what_it_skips():
+    examples, skipped = select_examples(RECORDS, "standard_finetune", "gold")
+    assert [e.id for e in examples] == ["a", "b", "d"] and all(e.rationale == "" for e in examples)
+    assert skipped == {"no_label": 1, "empty_input": 1}
+
+    examples, skipped = select_examples(RECORDS, "standard_distill", "teacher")
+    assert [(e.id, e.label) for e in examples] == [
+        ("a", "( 2 + 3 )"),
+        ("c", "( 9 - 1 )"),
+        ("d", "( 6 / 2 )"),
+    ]
+    assert skipped == {"no_teacher_label": 1, "empty_input": 1}
+
+    examples, skipped = select_examples(RECORDS, "distill_step_by_step", "teacher")
+    assert [e.id for e in examples] == ["a", "c"]
+    assert examples[1].gold == "" and examples[0].rationale == "2 + 3 = 5."
+    assert skipped == {"no_teacher_label": 1, "no_rationale": 1, "empty_input": 1}
+
+    examples, _ = select_examples(RECORDS, "distill_step_by_step", "gold")
+    assert [(e.id, e.label) for e in examples] == [("a", "( 2 + 3 )")]
+
+
+def _examples(n: int) -> list[Example]:
+    return [
+        Example(id=f"r{i}", input=f"q{i}", label="1", rationale="r", gold="1") for i in range(n)
+    ]
+
+
+def test_splits_are_stable_disjoint_and_subsamples_nest():
+    rows = _examples(2000)
+    a = split_examples(rows, 0.1, 0.1, 1.0, seed=0)
+    b = split_examples(list(reversed(rows)), 0.1, 0.1, 1.0, seed=0)
+    assert {e.id for e in a.valid} == {e.id for e in b.valid}
+    ids = [e.id for part in (a.train, a.valid, a.test) for e in part]
+    assert len(ids) == len(set(ids)) == 2000
+    assert 150 < len(a.valid) < 250 and 150 < len(a.test) < 250
+    quarter = {e.id for e in split_examples(rows, 0.1, 0.1, 0.25, seed=0).train}
+    half = {e.id for e in split_examples(rows, 0.1, 0.1, 0.5, seed=0).train}
+    assert quarter < half and 0.2 < len(quarter) / len(a.train) < 0.3
+    with_test = split_examples(rows, 0.1, 0.1, 1.0, seed=0, test=rows[:5])
+    assert [e.id for e in with_test.test] == ["r0", "r1", "r2", "r3", "r4"]
+    assert len(with_test.train) + len(with_test.valid) == 2000
+
+
+def test_collator_pads_masks_labels_and_counts_truncation(tokenizer):
+    collate = Collator(tokenizer, max_input_length=6, max_target_length=4, rationale=True)
+    batch = collate(
+        {
+            "input": ["1 plus 2?", "10 plus 11 plus 12 plus 13?"],
+            "label": ["3", "46"],
+            "rationale": ["1 + 2 = 3.", "10 + 11 + 12 + 13 = 46."],
+        }
+    )
+    label, rationale = batch["label"], batch["rationale"]
+    assert label["input_ids"].shape[1] <= 6 and rationale["labels"].shape[1] <= 4
+    assert (label["attention_mask"] == (label["input_ids"] != tokenizer.pad_token_id)).all()
+    # every sequence ends in EOS, also when cut; padding is -100 in labels only
+    for row in rationale["labels"]:
+        kept = row[row != IGNORE_INDEX]
+        assert kept[-1] == tokenizer.eos_token_id
+    assert (label["labels"] == IGNORE_INDEX).any() or label["labels"].shape[1] == 2
+    assert collate.truncated["input"] >= 2 and collate.truncated["rationale"] >= 1
+    only_label = Collator(tokenizer, 32, 32, rationale=False)(
+        {"input": ["x"], "label": ["1"], "rationale": [""]}
+    )
+    assert set(only_label) == {"label"}
+
+
+def test_tokenizer_follows_t5_ids(tokenizer):
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    ids = tokenizer("predict: 3 plus 4?")["input_ids"]
+    assert ids[-1] == 1 and tokenizer.decode(ids, skip_special_tokens=True) == "predict: 3 plus 4?"
+
+
+def test_multitask_loss_equals_the_weighted_cross_entropies_computed_directly(tokenizer):
+    from transformers import T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(build_config("t5-tiny", len(tokenizer))).eval()
+    batch = Collator(tokenizer, 32, 32, rationale=True)(
+        {
+            "input": ["1 plus 2?", "3 plus 4?"],
+            "label": ["3", "7"],
+            "rationale": ["1 + 2 = 3.", "3 + 4 is 7."],
+        }
+    )
+    losses = multitask_loss(model, batch, alpha=0.3)
+
+    def direct(task):
+        logits = model(**batch[task]).logits  # [B, T, V]
+        return F.cross_entropy(
+            logits.flatten(0, 1), batch[task]["labels"].flatten(), ignore_index=IGNORE_INDEX
+        )
+
+    label_ce, rationale_ce = direct("label"), direct("rationale")
+    assert math.isclose(losses.label_loss.item(), label_ce.item(), rel_tol=1e-5)
+    assert math.isclose(losses.rationale_loss.item(), rationale_ce.item(), rel_tol=1e-5)
+    assert math.isclose(
+        losses.total.item(), 0.3 * label_ce.item() + 0.7 * rationale_ce.item(), rel_tol=1e-5
+    )
+    alone = multitask_loss(model, {"label": batch["label"]}, alpha=0.3)
+    assert alone.rationale_loss is None and math.isclose(
+        alone.total.item(), label_ce.item(), rel_tol=1e-5
+    )
+
+
+def test_deepspeed_config_follows_the_train_section():
+    ds = deepspeed_config(
+        TrainConfig(
+            zero_stage=3,
+            offload_optimizer=True,
+            offload_param=True,
+            micro_batch_size=4,
+            grad_accum_steps=2,
+        )
+    )
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (4, 2)
+    assert ds["bf16"]["enabled"] is False
+    assert deepspeed_config(TrainConfig(use_gpu=True, precision="bf16"))["bf16"]["enabled"] is True
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_schedule_warms_up_then_decays(schedule):
+    factor = lr_lambda(TrainConfig(warmup_steps=10, max_steps=110, schedule=schedule))
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    end = factor(110)
+    assert end == pytest.approx(1.0 if schedule == "constant" else 0.0, abs=1e-9)
+    if schedule != "constant":
+        assert 0.0 < factor(60) < 1.0
