@@ -98,6 +98,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=train.seed + 1000 * state.step + epoch,
         ):
             engine.train()
+            lr = engine.get_lr()[0]  # the rate this step uses; engine.step() advances it
             losses = multitask_loss(engine, collator(batch), train.alpha)
             engine.backward(losses.total)
             engine.step()
@@ -105,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             state.step += 1
             state.train_seconds += time.perf_counter() - started
-            state.record(state.step, losses, engine.get_lr()[0], rows_per_step, collator)
+            state.record(state.step, losses, lr, rows_per_step, collator)
             if rank == 0 and (state.step % max(1, train.max_steps // 20) == 0):
                 log.info(
                     "step %d/%d: %s", state.step, train.max_steps, _describe(state.history[-1])
@@ -117,7 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if rank == 0:
                     log.info("step %d validation: %s", state.step, _describe(state.history[-1]))
             if state.step % train.checkpoint_every == 0 or state.step == train.max_steps:
-                _checkpoint(engine, state, spec, rank)
+                _checkpoint(engine, tokenizer, state, spec, rank)
             if state.step >= train.max_steps:
                 break
             started = time.perf_counter()
@@ -184,11 +185,34 @@ def _restore(engine: Any, train: TrainConfig) -> _State:
             raise RuntimeError(f"{checkpoint.path}: not a DeepSpeed checkpoint")
         with open(os.path.join(folder, STATE_FILE)) as f:
             state = _State(**json.load(f))
+    # The restored rate is the old schedule's; a resumed run with a longer max_steps follows
+    # its own schedule from the restored step on.
+    scheduler = engine.lr_scheduler
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * lr_lambda(train)(scheduler.last_epoch)
+    state.history.append(
+        {
+            "split": "resume",
+            "step": state.step,
+            "optimizer_steps": _optimizer_steps(engine),
+            "checkpoint": str(checkpoint.path),
+        }
+    )
     log.info("resumed from %s at step %d", checkpoint.path, state.step)
     return state
 
 
-def _checkpoint(engine: Any, state: _State, spec: LoopSpec, rank: int) -> None:
+def _optimizer_steps(engine: Any) -> int:
+    """Steps the optimizer's own state has taken (AdamW's per-parameter counter), or 0."""
+    # ZeRO wraps the client optimizer; without ZeRO the engine holds it directly.
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for param_state in inner.state.values():
+        if "step" in param_state:
+            return int(param_state["step"])
+    return 0
+
+
+def _checkpoint(engine: Any, tokenizer: Any, state: _State, spec: LoopSpec, rank: int) -> None:
     """DeepSpeed checkpoint of this rank's shards, merged by Ray Train into one folder."""
     import ray.train
 
@@ -197,6 +221,8 @@ def _checkpoint(engine: Any, state: _State, spec: LoopSpec, rank: int) -> None:
         if rank == 0:
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump(asdict(state), f)
+            # The vocabulary travels with the weights, so `resume_from` needs nothing else.
+            tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
             _write_history(spec, state)
         metrics = {
             "step": state.step,

@@ -109,8 +109,12 @@ def load_splits(train: TrainConfig, source: str) -> tuple[Splits, Counter[str]]:
     return splits, skipped
 
 
-def _tokenizer(student: StudentConfig, splits: Splits, out_dir: str) -> str:
+def _tokenizer(
+    student: StudentConfig, splits: Splits, out_dir: str, resume_from: str | None
+) -> str:
     """Where the tokenizer lives: the given one, the pretrained model's, or one trained here."""
+    if resume_from:
+        return storage.join(resume_from, "tokenizer")  # the vocabulary the checkpoint learned
     if student.tokenizer or student.model:
         return student.tokenizer or student.model or ""
     target = storage.join(out_dir, "tokenizer")
@@ -197,7 +201,7 @@ def _fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    tokenizer_dir = _tokenizer(student, splits, out_dir)
+    tokenizer_dir = _tokenizer(student, splits, out_dir, train.resume_from)
     ensure_ray(ray_address)
     spec = LoopSpec(
         train=train.model_dump(),
