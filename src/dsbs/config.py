@@ -175,6 +175,8 @@ class TrainConfig(_Section):
     """fp32 on CPU, bf16 on GPUs; fp16 is refused because T5 overflows in it."""
     micro_batch_size: int = Field(8, ge=1)
     """Examples per worker per forward pass."""
+    length_grouping: int = Field(16, ge=1)
+    """Micro-batches fetched from Ray Data at once and grouped by length (1: fetch order)."""
     grad_accum_steps: int = Field(1, ge=1)
     """Micro-batches accumulated per optimizer step."""
     max_grad_norm: float = Field(1.0, gt=0.0)

@@ -31,6 +31,8 @@ def padded_slice(examples: Sequence[Example], rank: int, world: int) -> tuple[li
     Returns:
         The rows and how many of them are real.
     """
+    if not examples:
+        return [], 0
     mine = list(examples[rank::world])
     per_rank = math.ceil(len(examples) / world) if examples else 0
     real = len(mine)

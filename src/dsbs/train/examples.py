@@ -7,6 +7,7 @@ tensors with dynamic padding and `-100` on padded label positions (ignored by th
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -174,3 +175,23 @@ class Collator:
             rationales = [str(t) for t in batch["rationale"]]
             out["rationale"] = self._task(inputs, rationales, RATIONALE_PREFIX, "rationale")
         return out
+
+
+def length_grouped(
+    batch: dict[str, Sequence[str]], micro_batch_size: int, rng: random.Random, sort: bool = True
+) -> list[dict[str, list[str]]]:
+    """Splits a fetched batch into full micro-batches of similar length, in shuffled order.
+
+    Rows sorted by text length pad less when batched together: rationales vary several-fold
+    in length, and padding is compute spent on nothing. Rows past the last full micro-batch
+    are dropped (every worker holds the same number of rows, so all drop alike).
+    """
+    columns = list(batch)
+    n = len(batch[columns[0]])
+    order = list(range(n))
+    if sort:
+        order.sort(key=lambda i: sum(len(str(batch[c][i])) for c in columns))
+    groups = [order[i : i + micro_batch_size] for i in range(0, n, micro_batch_size)]
+    groups = [g for g in groups if len(g) == micro_batch_size]
+    rng.shuffle(groups)
+    return [{c: [str(batch[c][i]) for i in g] for c in columns} for g in groups]

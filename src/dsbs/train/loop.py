@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ from dsbs.student.tokenizer import load_tokenizer
 from dsbs.tasks import get_task
 from dsbs.train.deepspeed_setup import build_optimizer, deepspeed_config, lr_lambda
 from dsbs.train.evaluate import chunks, padded_slice, reference_label
-from dsbs.train.examples import IGNORE_INDEX, Collator, Example
+from dsbs.train.examples import IGNORE_INDEX, Collator, Example, length_grouped
 from dsbs.train.loss import multitask_loss
 
 log = logging.getLogger("dsbs.train")
@@ -87,16 +89,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rows_per_step = train.micro_batch_size * train.grad_accum_steps * world
     if rank == 0:
         log.info("training from step %d to %d on %d workers", state.step, train.max_steps, world)
-    epoch = 0
+    rng = random.Random(train.seed * 1_000_003 + state.step)  # noqa: S311 - data order
     while state.step < train.max_steps:
         started = time.perf_counter()
-        for batch in shard.iter_batches(
-            batch_size=train.micro_batch_size,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=train.micro_batch_size * 16,
-            local_shuffle_seed=train.seed + 1000 * state.step + epoch,
-        ):
+        for batch in _micro_batches(shard, train, rng):
             engine.train()
             lr = engine.get_lr()[0]  # the rate this step uses; engine.step() advances it
             losses = multitask_loss(engine, collator(batch), train.alpha)
@@ -111,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 log.info(
                     "step %d/%d: %s", state.step, train.max_steps, _describe(state.history[-1])
                 )
-            if state.step % train.eval_every == 0 or state.step == train.max_steps:
+            if valid and (state.step % train.eval_every == 0 or state.step == train.max_steps):
                 state.history.append(
                     evaluator.run(valid[: train.eval_max_rows], state.step, "valid")
                 )
@@ -122,11 +118,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if state.step >= train.max_steps:
                 break
             started = time.perf_counter()
-        epoch += 1
     test = evaluator.run([Example(**row) for row in spec.test], state.step, "test")
     _export(engine, tokenizer, train, student, spec, state, rank)
     if rank == 0:
         _write_metrics(spec, state, test)
+
+
+def _micro_batches(
+    shard: Any, train: TrainConfig, rng: random.Random
+) -> Iterator[dict[str, list[str]]]:
+    """One epoch of this worker's shard as micro-batches grouped by length.
+
+    Fetching `length_grouping` micro-batches per Ray Data batch amortises its per-batch cost
+    (tens of milliseconds, as much as a tiny model's step) and gives the grouping rows to sort.
+    Every worker's shard holds the same number of rows, so all run the same number of steps.
+    """
+    fetch = train.micro_batch_size * train.length_grouping
+    for batch in shard.iter_batches(
+        batch_size=fetch,
+        batch_format="numpy",
+        local_shuffle_buffer_size=fetch * 2,
+        local_shuffle_seed=rng.randrange(2**31),
+    ):
+        yield from length_grouped(
+            batch, train.micro_batch_size, rng, sort=train.length_grouping > 1
+        )
 
 
 def _configure_logging() -> None:
