@@ -88,6 +88,7 @@ def _paper_loop(config: dict[str, Any]) -> None:
 
     tokenizer = load_tokenizer(config["tokenizer"])
     rows = [json.loads(line) for line in Path(config["data"]).read_text().splitlines()]
+    rows = [{k: r[k] for k in ("input", "label", "rationale")} for r in rows]
 
     def tokenize(examples):  # as in the paper's run.py tokenize_function
         model_inputs = tokenizer(
@@ -110,7 +111,7 @@ def _paper_loop(config: dict[str, Any]) -> None:
         )["input_ids"]
         return model_inputs
 
-    dataset = Dataset.from_list([{k: r[k] for k in ("input", "label", "rationale")} for r in rows])
+    dataset = Dataset.from_list(rows)
     dataset = dataset.map(tokenize, batched=True, remove_columns=["input", "label", "rationale"])
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(build_config("t5-tiny", len(tokenizer)))
@@ -208,6 +209,7 @@ def _dsbs(data: str, tokenizer: str, args: argparse.Namespace, run: int) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--data", help="records with rationales (default: synthetic arithmetic)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
     parser.add_argument("--micro-batch", type=int, default=8)
@@ -220,13 +222,20 @@ def main() -> None:
     import ray
 
     from dsbs.data.synth import synth
-    from dsbs.records import read_records
+    from dsbs.records import read_records, write_records
     from dsbs.student.tokenizer import train_tokenizer
 
     work = Path(tempfile.mkdtemp(prefix="dsbs-bench-train-"))
-    data = str(work / "synth.jsonl")
-    synth("arithmetic", args.rows, 0, data, rationales=True)
+    data = str(work / "rows.jsonl")
+    if args.data:  # e.g. `dsbs data import-paper` output: the paper's rows and PaLM rationales
+        usable = [r for r in read_records(args.data) if r.teacher_label and r.rationale]
+        write_records(data, usable[: args.rows])
+    else:
+        synth("arithmetic", args.rows, 0, data, rationales=True)
     records = read_records(data)
+    for record in records:  # both sides learn the teacher's label
+        record.label = record.teacher_label
+    write_records(data, records)
     texts = [f"predict: {r.input}" for r in records] + [f"explain: {r.input}" for r in records]
     texts += [r.label or "" for r in records] + [r.rationale or "" for r in records]
     train_tokenizer(texts, 1000, work / "tokenizer")

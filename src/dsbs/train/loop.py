@@ -178,6 +178,7 @@ class _State:
             "label_loss": losses.label_loss.item(),
             "lr": lr,
             "examples_per_s": self.rows / max(self.train_seconds, 1e-9),
+            "train_seconds": self.train_seconds,
             "truncated": dict(collator.truncated),
         }
         if losses.rationale_loss is not None:
