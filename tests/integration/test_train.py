@@ -123,13 +123,9 @@ def test_zero3_on_s3_storage_exports_one_consolidated_model(ray_cluster, data, s
 
 
 def test_a_stopped_run_resumes_at_its_step_with_its_optimizer_state(zero2_run, data, tmp_path):
-    cfg, summary = zero2_run
-    checkpoints = sorted(p for p in (storage.join(summary.output, "checkpoints"),))
-    latest = sorted(
-        f.rsplit("/", 1)[0]
-        for f in storage.list_files(checkpoints[0])
-        if f.endswith("dsbs_state.json")
-    )[-1]
+    _, summary = zero2_run
+    states = storage.list_files(storage.join(summary.output, "checkpoints"))
+    latest = sorted(f.rsplit("/", 1)[0] for f in states if f.endswith("dsbs_state.json"))[-1]
     resumed_cfg = _config(
         data,
         str(tmp_path / "resumed"),

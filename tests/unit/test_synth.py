@@ -42,3 +42,16 @@ def test_synth_writes_records(tmp_path):
         synth("poetry", 5, 0, str(out))
     with pytest.raises(ValueError, match="positive"):
         synth("arithmetic", 0, 0, str(out))
+
+
+def test_oracle_rationales_work_the_equation_step_by_step():
+    from dsbs.tasks.safe_math import worked_steps
+
+    assert worked_steps("( ( 9.0 * 8.0 ) + 30.0 )") == ["9 * 8 = 72", "72 + 30 = 102"]
+    assert worked_steps("( 7 / 2 )") == ["7 / 2 = 3.5"]
+    records = synth_arithmetic(50, seed=0, rationales=True)
+    for record in records:
+        assert record.teacher_label == record.label
+        last = record.rationale.rstrip(".").rsplit("= ", 1)[1]
+        assert int(last) == record.meta["answer"]
+    assert all(r.rationale is None for r in synth_arithmetic(5, seed=0))

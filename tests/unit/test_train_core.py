@@ -11,8 +11,16 @@ from dsbs.records import Record
 from dsbs.student.presets import build_config
 from dsbs.student.tokenizer import train_tokenizer
 from dsbs.train.deepspeed_setup import deepspeed_config, lr_lambda
-from dsbs.train.examples import IGNORE_INDEX, Collator, Example, select_examples, split_examples
+from dsbs.train.examples import (
+    IGNORE_INDEX,
+    Collator,
+    Example,
+    length_grouped,
+    select_examples,
+    split_examples,
+)
 from dsbs.train.loss import multitask_loss
+from dsbs.train.trainer import MIN_PASS_ROWS, epoch_rows
 
 RECORDS = [
     Record(
@@ -199,3 +207,32 @@ def test_schedule_warms_up_then_decays(schedule):
     assert end == pytest.approx(1.0 if schedule == "constant" else 0.0, abs=1e-9)
     if schedule != "constant":
         assert 0.0 < factor(60) < 1.0
+
+
+def test_length_grouping_keeps_every_full_micro_batch_and_sorts_within():
+    import random
+
+    batch = {
+        "input": [f"q{'x' * (i * 7 % 23)}" for i in range(37)],
+        "label": ["1"] * 37,
+        "rationale": ["r" * (i * 5 % 17) for i in range(37)],
+    }
+    groups = length_grouped(batch, 8, random.Random(0))  # noqa: S311
+    assert len(groups) == 4 and all(len(g["input"]) == 8 for g in groups)
+    lengths = sorted(sum(len(g[k][i]) for k in g) for g in groups for i in range(8))
+    assert lengths == sorted(sum(len(batch[k][i]) for k in batch) for i in range(37))[:32]
+    spans = [max(len(x) for x in g["input"]) - min(len(x) for x in g["input"]) for g in groups]
+    assert max(spans) <= 15  # similar lengths batched together
+    unsorted = length_grouped(batch, 8, random.Random(0), sort=False)  # noqa: S311
+    assert sorted(x for g in unsorted for x in g["input"]) == sorted(batch["input"][:32])
+
+
+def test_small_datasets_are_repeated_within_one_pass_with_each_copy_shuffled():
+    rows = _examples(100)
+    splits = split_examples(rows, 0.0, 0.0, 1.0, seed=0)
+    few_steps = epoch_rows(splits, TrainConfig(max_steps=5, num_workers=2, micro_batch_size=8))
+    assert len(few_steps) == 100  # 80 rows needed: one epoch
+    many = epoch_rows(splits, TrainConfig(max_steps=10_000, num_workers=2, micro_batch_size=8))
+    assert len(many) == 16_400 and len(many) >= MIN_PASS_ROWS
+    first, second = [r["id"] for r in many[:100]], [r["id"] for r in many[100:200]]
+    assert sorted(first) == sorted(second) and first != second

@@ -33,7 +33,8 @@ def build_config(preset: str, vocab_size: int = T5_V1_1_VOCAB) -> T5Config:
     from transformers import T5Config
 
     shape = PRESETS[preset]
-    return T5Config(
+    # T5Config takes these through **kwargs at run time; its typed signature does not list them.
+    return T5Config(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         num_decoder_layers=shape["num_layers"],
         feed_forward_proj="gated-gelu",

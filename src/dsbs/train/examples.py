@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +167,7 @@ class Collator:
             "labels": _pad(target_ids, IGNORE_INDEX),  # [B, T_target], -100 on padding
         }
 
-    def __call__(self, batch: dict[str, Sequence[str]]) -> dict[str, dict[str, torch.Tensor]]:
+    def __call__(self, batch: Mapping[str, Sequence[str]]) -> dict[str, dict[str, torch.Tensor]]:
         """Tensors per task from a column batch with `input`, `label` and `rationale`."""
         inputs = [str(t) for t in batch["input"]]
         out = {"label": self._task(inputs, [str(t) for t in batch["label"]], LABEL_PREFIX, "label")}
