@@ -14,6 +14,7 @@ import pytest
 from dsbs import cli, storage
 from dsbs.config import load_config
 from dsbs.data.synth import synth
+from dsbs.rundir import current_student
 from dsbs.train.deepspeed_setup import lr_lambda
 from dsbs.train.trainer import train_student
 
@@ -30,26 +31,27 @@ def data(tmp_path_factory) -> str:
 
 
 def _config(data: str, run_dir: str, *extra: str):
-    return load_config(
-        None,
-        [
-            f"train.data={data}",
-            f"pipeline.run_dir={run_dir}",
-            "data.task=svamp",
-            "student.vocab_size=300",
-            "student.max_input_length=64",
-            "student.max_target_length=48",
-            f"train.alpha={ALPHA}",
-            "train.lr=3e-3",
-            "train.micro_batch_size=8",
-            "train.max_steps=24",
-            "train.eval_every=12",
-            "train.checkpoint_every=12",
-            "train.eval_max_rows=16",
-            "train.test_fraction=0.05",
-            *extra,
-        ],
-    )
+    return load_config(None, _overrides(data, run_dir, *extra))
+
+
+def _overrides(data: str, run_dir: str, *extra: str) -> list[str]:
+    return [
+        f"train.data={data}",
+        f"pipeline.run_dir={run_dir}",
+        "data.task=svamp",
+        "student.vocab_size=300",
+        "student.max_input_length=64",
+        "student.max_target_length=48",
+        f"train.alpha={ALPHA}",
+        "train.lr=3e-3",
+        "train.micro_batch_size=8",
+        "train.max_steps=24",
+        "train.eval_every=12",
+        "train.checkpoint_every=12",
+        "train.eval_max_rows=16",
+        "train.test_fraction=0.05",
+        *extra,
+    ]
 
 
 def _history(out_dir: str) -> list[dict]:
@@ -82,6 +84,7 @@ def _check_training(out_dir: str, steps: int) -> list[dict]:
     assert valid[-1]["rationale_loss"] < valid[0]["rationale_loss"]
     metrics = json.loads(storage.read_bytes(storage.join(out_dir, "metrics.json")))
     assert metrics["steps"] == steps and metrics["examples_per_s"] > 0
+    assert metrics["rows"]["train"] > 0 and metrics["rows"]["skipped"] == {}
     assert metrics["test"]["rows"] > 0 and "label_accuracy" in metrics["test"]
     return history
 
@@ -107,15 +110,16 @@ def test_zero2_two_workers_learn_and_log_the_weighted_loss(zero2_run, capsys):
 
 def test_zero3_on_s3_storage_exports_one_consolidated_model(ray_cluster, data, s3_bucket, capsys):
     cfg = _config(data, f"{s3_bucket}/run", "train.zero_stage=3")
-    summary = _train(cfg)
-    _check_training(summary.output, 24)
-    student = storage.join(summary.output, "student")
+    overrides = _overrides(data, f"{s3_bucket}/run", "train.zero_stage=3")
+    assert cli.main(["train", *overrides]) == 0  # the command line, as `dsbs train` runs it
+    assert "train: " in capsys.readouterr().out
+    student = current_student(cfg.pipeline.run_dir)
+    output = student.rsplit("/", 1)[0]
+    _check_training(output, 24)
     files = {f.rsplit("/", 1)[-1] for f in storage.list_files(student)}
     assert {"model.safetensors", "config.json", "tokenizer.json", "dsbs_student.json"} <= files
     checkpoints = [
-        f
-        for f in storage.list_files(storage.join(summary.output, "checkpoints"))
-        if "zero_pp_rank_1" in f
+        f for f in storage.list_files(storage.join(output, "checkpoints")) if "zero_pp_rank_1" in f
     ]
     assert checkpoints, "rank 1's ZeRO-3 shards are in the checkpoint"
     assert cli.main(["evaluate", "--model", student, "--data", cfg.train.data]) == 0

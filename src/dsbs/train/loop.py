@@ -52,6 +52,8 @@ class LoopSpec:
     """RUN/train/<hash>: metrics and the export go here."""
     tokenizer_dir: str
     version: str
+    rows: dict[str, Any] = field(default_factory=dict)
+    """Rows per split and rows skipped by reason, recorded in metrics.json."""
     valid: list[dict[str, str]] = field(default_factory=list)
     test: list[dict[str, str]] = field(default_factory=list)
 
@@ -363,6 +365,7 @@ def _write_metrics(spec: LoopSpec, state: _State, test: dict[str, Any]) -> None:
         "final_train": train_rows[-1] if train_rows else {},
         "final_valid": valid_rows[-1] if valid_rows else {},
         "test": test,
+        "rows": spec.rows,
         "version": spec.version,
     }
     _write_history(spec, state)

@@ -184,7 +184,8 @@ def train_student(
                 "student": student.model_dump(),
             },
         )
-        _fit(train, student, task, splits, out_dir, digest, ray_address)
+        counts = {**rows, "skipped": dict(skipped)}
+        _fit(train, student, task, splits, counts, out_dir, digest, ray_address)
         finished = read_json(storage.join(out_dir, "metrics.json"))
         if finished is None:
             raise TrainingError(f"{out_dir}: training ended without writing metrics.json")
@@ -218,6 +219,7 @@ def _fit(
     student: StudentConfig,
     task: str,
     splits: Splits,
+    counts: dict[str, Any],
     out_dir: str,
     digest: str,
     ray_address: str | None,
@@ -235,6 +237,7 @@ def _fit(
         out_dir=out_dir,
         tokenizer_dir=tokenizer_dir,
         version=digest,
+        rows=counts,
         valid=[asdict(e) for e in splits.valid],
         test=[asdict(e) for e in splits.test],
     )
