@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -33,12 +34,6 @@ def assets() -> Path:
     return ASSETS
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A real S3-compatible HTTP server (moto in server mode, its own process) on 127.0.0.1.
@@ -46,7 +41,7 @@ def s3_server() -> Iterator[str]:
     The environment points boto3 and pyarrow at it the way users point them at MinIO:
     AWS_ENDPOINT_URL plus credentials, nothing in config files.
     """
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

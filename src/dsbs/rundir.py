@@ -49,10 +49,15 @@ def current_student(run_dir: str) -> str:
     Raises:
         FileNotFoundError: when the training stage has not completed in this run directory.
     """
-    manifest = read_json(storage.join(train_root(run_dir), "manifest.json"))
+    return storage.join(_current(train_root(run_dir), "training"), "student")
+
+
+def _current(stage_root: str, stage: str) -> str:
+    """RUN/<stage>/<hash> of the output the stage's manifest names as current."""
+    manifest = read_json(storage.join(stage_root, "manifest.json"))
     if manifest is None:
-        raise FileNotFoundError(f"{train_root(run_dir)}: no completed training output")
-    return storage.join(train_dir(run_dir, manifest["config_hash"]), "student")
+        raise FileNotFoundError(f"{stage_root}: no completed {stage} output")
+    return storage.join(stage_root, manifest["config_hash"])
 
 
 def read_json(uri: str) -> dict[str, Any] | None:
@@ -73,7 +78,4 @@ def current_rationales(run_dir: str) -> str:
     Raises:
         FileNotFoundError: when the generate stage has not completed in this run directory.
     """
-    manifest = read_json(storage.join(generate_root(run_dir), "manifest.json"))
-    if manifest is None:
-        raise FileNotFoundError(f"{generate_root(run_dir)}: no completed generate output")
-    return storage.join(generate_dir(run_dir, manifest["config_hash"]), "data")
+    return storage.join(_current(generate_root(run_dir), "generate"), "data")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from dsbs import storage
 from dsbs.config import load_config
@@ -33,12 +33,6 @@ RAY = str(Path(sys.executable).with_name("ray"))
 ROWS = 24
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """A real Ray head started with `ray start`, as a cluster that jobs connect to.
@@ -49,7 +43,7 @@ def ray_head():
     """
     import ray
 
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [
             RAY,

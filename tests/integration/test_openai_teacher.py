@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
+from ports import free_port
 
 from dsbs import storage
 from dsbs.config import load_config
@@ -32,17 +32,11 @@ SERVED_NAME = "smollm2"
 ROWS = 12
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server():
     """vLLM's OpenAI server with the embedded model; yields its base URL."""
     model = resolve_model("embedded:smollm2-135m-instruct")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -94,7 +88,7 @@ class FlakyProxy:
         self.upstream = upstream
         self.failures = list(failures)
         self.seen: list[int] = []
-        self.port = _free_port()
+        self.port = free_port()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()

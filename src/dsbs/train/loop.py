@@ -25,6 +25,7 @@ import torch
 from dsbs import storage
 from dsbs.config import StudentConfig, TrainConfig
 from dsbs.model_cache import fetch_folder
+from dsbs.rundir import write_json
 from dsbs.student.decode import generate_texts
 from dsbs.student.export import LABEL_PREFIX, RATIONALE_PREFIX, StudentInfo, save_student
 from dsbs.student.model import build_student
@@ -369,7 +370,4 @@ def _write_metrics(spec: LoopSpec, state: _State, test: dict[str, Any]) -> None:
         "version": spec.version,
     }
     _write_history(spec, state)
-    storage.write_bytes(
-        storage.join(spec.out_dir, "metrics.json"),
-        (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
-    )
+    write_json(storage.join(spec.out_dir, "metrics.json"), summary)
