@@ -167,6 +167,8 @@ def test_a_killed_training_worker_resumes_from_the_latest_checkpoint(ray_cluster
         "train.zero_stage=2",
         "train.max_steps=36",
         "train.max_failures=2",
+        "train.micro_batch_size=4",
+        "train.grad_accum_steps=2",  # steps count optimizer steps, not micro-batches
     )
     killed: list[int] = []
 

@@ -100,10 +100,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             lr = engine.get_lr()[0]  # the rate this step uses; engine.step() advances it
             losses = multitask_loss(engine, collator(batch), train.alpha)
             engine.backward(losses.total)
-            engine.step()
-            if not engine.is_gradient_accumulation_boundary():
+            engine.step()  # an optimizer step only every grad_accum_steps micro-batches
+            if engine.global_steps == state.step:
                 continue
-            state.step += 1
+            state.step = engine.global_steps
             state.train_seconds += time.perf_counter() - started
             state.record(state.step, losses, lr, rows_per_step, collator)
             if rank == 0 and (state.step % max(1, train.max_steps // 20) == 0):
