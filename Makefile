@@ -38,8 +38,12 @@ demo: setup
 	@echo "What works today: $(BIN)/dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl"
 	$(BIN)/dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
 
+# The measured comparisons of BENCHMARKS.md (tens of minutes on 2 cores; results print as JSON).
 bench: setup
-	@echo "Benchmarks arrive with the stage issues; see BENCHMARKS.md."
+	$(BIN)/python benchmarks/generate_throughput.py --rows 128 --max-tokens 64
+	$(BIN)/python benchmarks/generate_memory.py --small 200 --large 2000
+	$(BIN)/python benchmarks/train_throughput.py --rows 600 --steps 60 --repeats 2
+	$(BIN)/python benchmarks/learning_check.py --steps 400
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
