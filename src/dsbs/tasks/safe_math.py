@@ -136,21 +136,26 @@ def parse(text: str) -> Node:
     return node
 
 
-def _value(node: Node) -> Fraction:
+def _value(node: Node, steps: list[str] | None = None) -> Fraction:
+    """The node's value; each operation is appended to `steps` as `a op b = c` when given."""
     if isinstance(node, Num):
         return node.value
     if isinstance(node, Neg):
-        return -_value(node.operand)
-    left, right = _value(node.left), _value(node.right)
+        return -_value(node.operand, steps)
+    left, right = _value(node.left, steps), _value(node.right, steps)
     if node.op == "+":
-        return left + right
-    if node.op == "-":
-        return left - right
-    if node.op == "*":
-        return left * right
-    if right == 0:
+        value = left + right
+    elif node.op == "-":
+        value = left - right
+    elif node.op == "*":
+        value = left * right
+    elif right == 0:
         raise SafeMathError("division by zero")
-    return left / right
+    else:
+        value = left / right
+    if steps is not None:
+        steps.append(f"{_number(left)} {node.op} {_number(right)} = {_number(value)}")
+    return value
 
 
 def evaluate(text: str) -> Fraction:
@@ -214,16 +219,5 @@ def worked_steps(text: str) -> list[str]:
         SafeMathError: for anything but bounded arithmetic, or a division by zero.
     """
     steps: list[str] = []
-
-    def walk(node: Node) -> Fraction:
-        if isinstance(node, Num):
-            return node.value
-        if isinstance(node, Neg):
-            return -walk(node.operand)
-        left, right = walk(node.left), walk(node.right)
-        value = _value(BinOp(node.op, Num(left, ""), Num(right, "")))
-        steps.append(f"{_number(left)} {node.op} {_number(right)} = {_number(value)}")
-        return value
-
-    walk(parse(text))
+    _value(parse(text), steps)
     return steps
