@@ -86,7 +86,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = _restore(engine, train)
     rationale = train.mode == "distill_step_by_step"
     collator = Collator(tokenizer, student.max_input_length, student.max_target_length, rationale)
-    evaluator = _Evaluator(engine, tokenizer, collator, train, student, spec.task, rank, world)
+    # Its own collator, so that evaluation's truncations do not count as training's.
+    eval_collator = Collator(
+        tokenizer, student.max_input_length, student.max_target_length, rationale
+    )
+    evaluator = _Evaluator(engine, tokenizer, eval_collator, train, student, spec.task, rank, world)
     valid = [Example(**row) for row in spec.valid]
     shard = ray.train.get_dataset_shard("train")
     rows_per_step = train.micro_batch_size * train.grad_accum_steps * world
