@@ -291,16 +291,22 @@ class _Evaluator:
             tensors = self.collator(
                 {k: [getattr(e, k) for e in batch] for k in ("input", "label", "rationale")}
             )
-            for i, task in enumerate(("label", "rationale")):
+            for t, task in enumerate(("label", "rationale")):
                 if task not in tensors:
                     continue
                 part = {k: v.to(self.engine.device) for k, v in tensors[task].items()}
-                part["labels"][n_real:] = IGNORE_INDEX  # pad rows count for nothing
+                # Pad rows count for nothing; nor, in the rationale loss, rows without a
+                # rationale (a test set scored on gold labels has none).
+                counted = [
+                    i < n_real and (task == "label" or bool(e.rationale))
+                    for i, e in enumerate(batch)
+                ]
+                part["labels"][~torch.tensor(counted, device=part["labels"].device)] = IGNORE_INDEX
                 tokens = int((part["labels"] != IGNORE_INDEX).sum())
                 loss = self.engine(**part).loss
                 if tokens:
-                    sums[2 * i] += float(loss) * tokens
-                    sums[2 * i + 1] += tokens
+                    sums[2 * t] += float(loss) * tokens
+                    sums[2 * t + 1] += tokens
             predictions = generate_texts(
                 self.engine.module,
                 self.tokenizer,
