@@ -54,6 +54,15 @@ def _train(args: argparse.Namespace) -> str:
     return summary.line()
 
 
+def _serve(args: argparse.Namespace) -> str:
+    from dsbs.serve.runner import serve_student
+
+    if args.model:
+        args.overrides.append(f"serve.model={args.model}")
+    cfg = _resolved(args)
+    return serve_student(cfg.serve, cfg.pipeline.run_dir, cfg.pipeline.ray_address).line()
+
+
 def _evaluate(args: argparse.Namespace) -> str:
     from dsbs.train.evaluate import evaluate_export
 
@@ -112,6 +121,7 @@ def _data_synth(args: argparse.Namespace) -> str:
 COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
     "generate": _generate,
     "train": _train,
+    "serve": _serve,
     "evaluate": _evaluate,
     "plan": _plan,
     "config show": _config_show,
@@ -147,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         groups.add_parser(
             "train", help="stage 2: train the student with Ray Train + DeepSpeed (resumable)"
         )
+    )
+    serve = groups.add_parser(
+        "serve", help="stage 3: serve the student over HTTP (port 8000) until interrupted"
+    )
+    _add_config_args(serve)
+    serve.add_argument(
+        "--model", help="exported student folder or s3:// prefix (default: the run's student)"
     )
     evaluate = groups.add_parser("evaluate", help="score an exported student on records")
     evaluate.add_argument("--model", required=True, help="exported student folder or s3:// prefix")

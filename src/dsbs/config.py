@@ -213,7 +213,12 @@ class ServeConfig(_Section):
     model: str | None = None
     """Exported student folder (local or s3://); None means this run's `train/student/`."""
     backend: Literal["hf", "ctranslate2"] = "hf"
-    """Decoding backend: Hugging Face generate or CTranslate2."""
+    """Decoding backend: Hugging Face generate, or CTranslate2 (converted at load, cached)."""
+    ctranslate2_compute_type: Literal["auto", "int8", "int8_float32", "float32", "bfloat16"] = (
+        "auto"
+    )
+    """CTranslate2 compute type; `auto` is int8 on CPU and bfloat16 on GPU (never float16:
+    T5 overflows in it). float32 gives the HF backend's answers exactly."""
     host: str = "127.0.0.1"
     """HTTP bind address; 0.0.0.0 inside a cluster."""
     port: int = Field(8000, ge=1, le=65535)

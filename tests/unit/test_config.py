@@ -94,7 +94,8 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    configs = sorted((REPO / "configs").rglob("*.yaml"))
+    # configs/serve/ holds Ray Serve config files (checked in test_serve_api.py).
+    configs = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "serve")
     assert configs, "configs/ holds no YAML files"
     for path in configs:
         assert path.read_text().startswith("#"), f"{path} must start with the command that runs it"

@@ -1,0 +1,234 @@
+"""Stage 3 on Ray Serve: an HTTP ingress in front of autoscaled student replicas.
+
+    client ─HTTP─► StudentAPI (FastAPI: schema, limits, errors, timeouts, counters)
+                      │ handle
+                      ▼
+                   StudentPredictor x N (autoscaled; loads the export, warms up, and decodes
+                                         with @serve.batch across concurrent requests)
+
+A RayService carries `configs/serve_student.yaml` unchanged as its `serveConfigV2`:
+`import_path: dsbs.serve.app:build_app` with the `serve` section of the config as `args`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.metrics import Counter, Histogram
+
+from dsbs.config import ServeConfig
+from dsbs.serve.api import (
+    ModelCard,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    Rejection,
+    check_lengths,
+    parse_request,
+)
+from dsbs.serve.backends import Backend, load_backend
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "dsbs-student"
+# The ingress only waits on the predictors; it is cheap, so it takes many requests at once.
+_INGRESS_MAX_ONGOING = 1024
+_INGRESS_CPUS = 0.1
+_WARMUP_INPUT = "warm up"
+
+api = FastAPI(
+    title="dsbs student",
+    description="A T5 student distilled step-by-step: labels, and rationales when asked.",
+)
+
+
+@serve.deployment(name="StudentPredictor")
+class StudentPredictor:
+    """One student per replica; concurrent requests' inputs are decoded together."""
+
+    def __init__(self, cfg: ServeConfig, model: str, loader: Callable[..., Backend] = load_backend):
+        started = time.perf_counter()
+        self.backend = loader(cfg, model)
+        self.info = self.backend.info
+        self.cfg = cfg
+        self._decode.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
+        self._decode.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self.batch_sizes = Histogram(
+            "dsbs_student_batch_size",
+            description="Inputs decoded together in one batch.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        )
+        # Serve routes traffic to a replica only once its constructor returns: decode once
+        # here so that the first user does not pay for lazy initialisation.
+        self.backend.generate([self.info.label_prefix + _WARMUP_INPUT], 2)
+        log.info("student replica ready in %.1f s", time.perf_counter() - started)
+
+    def model_card(self) -> ModelCard:
+        """What `GET /v1/model` shows."""
+        return ModelCard(
+            task=self.info.task,
+            mode=self.info.mode,
+            preset=self.info.preset,
+            parameters=self.backend.num_parameters,
+            version=self.info.version,
+            label_prefix=self.info.label_prefix,
+            rationale_prefix=self.info.rationale_prefix,
+            max_input_tokens=self.cfg.max_input_tokens,
+            backend=self.cfg.backend,
+        )
+
+    async def predict(self, inputs: list[str], rationale: bool) -> list[Prediction] | Rejection:
+        """Labels (and rationales) for one request's inputs, or why they are refused.
+
+        A refusal is returned, not raised: an exception would reach the ingress wrapped in
+        Ray's task error, not as the 4xx it is.
+        """
+        if rationale and not self.info.rationale_prefix:
+            return Rejection(
+                422,
+                "rationale",
+                f"this student ({self.info.mode}) has no rationale task",
+                "no_rationale_task",
+            )
+        prefixed = [self.info.label_prefix + text for text in inputs]
+        try:
+            check_lengths(self.backend.count_tokens(prefixed), self.cfg)
+        except Rejection as rejection:
+            return rejection
+        if rationale:
+            prefixed += [self.info.rationale_prefix + text for text in inputs]
+        outputs = await asyncio.gather(*(self._decode(text) for text in prefixed))
+        n = len(inputs)
+        return [
+            Prediction(label=outputs[i], rationale=outputs[n + i] if rationale else None)
+            for i in range(n)
+        ]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _decode(self, texts: list[str]) -> list[str]:
+        # Sizes are replaced from config in __init__; the decorator needs literal defaults.
+        self.batch_sizes.observe(len(texts))
+        return await asyncio.to_thread(self.backend.generate, texts, self.info.max_target_length)
+
+
+@serve.deployment(name="StudentAPI")
+@serve.ingress(api)
+class StudentAPI:
+    """HTTP in front of the predictors: the schema, the limits and the error format."""
+
+    def __init__(self, predictor: Any, cfg: ServeConfig) -> None:
+        self.predictor = predictor
+        self.cfg = cfg
+        self._card: ModelCard | None = None
+        self.predictions = Counter("dsbs_student_predictions", description="Inputs answered.")
+        self.rejected = Counter(
+            "dsbs_student_rejected_requests",
+            description="Requests refused, by reason.",
+            tag_keys=("reason",),
+        )
+
+    def _reject(self, rejection: Rejection) -> JSONResponse:
+        self.rejected.inc(tags={"reason": rejection.reason})
+        return JSONResponse(rejection.body(), status_code=rejection.status)
+
+    @api.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        # The body is read raw (to enforce the size limit and name bad fields our way), so
+        # the schema is declared for the OpenAPI docs here.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(self, request: Request) -> Any:
+        """Labels for `inputs` (and rationales when `rationale` is true), in order."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
+            return self._reject(
+                Rejection(413, "body", f"over {self.cfg.max_body_bytes} bytes", "body_too_large")
+            )
+        try:
+            body = parse_request(await request.body(), self.cfg)
+            predictions = await asyncio.wait_for(
+                self.predictor.predict.remote(body.inputs, body.rationale),
+                timeout=self.cfg.request_timeout_s,
+            )
+        except Rejection as rejection:
+            return self._reject(rejection)
+        except TimeoutError:
+            return self._reject(
+                Rejection(504, "body", f"no answer in {self.cfg.request_timeout_s} s", "timeout")
+            )
+        if isinstance(predictions, Rejection):
+            return self._reject(predictions)
+        self.predictions.inc(len(predictions))
+        card = await self._model_card()
+        return PredictResponse(predictions=predictions, model=card.version)
+
+    @api.get("/v1/model", response_model=ModelCard)
+    async def model(self) -> ModelCard:
+        """The served student: task, prefixes, size, version and backend."""
+        return await self._model_card()
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness and readiness: answers once a predictor replica has loaded the student."""
+        card = await self._model_card()
+        return {"status": "ok", "model": card.version}
+
+    async def _model_card(self) -> ModelCard:
+        if self._card is None:
+            self._card = await self.predictor.model_card.remote()
+        return self._card
+
+
+def autoscaling_config(cfg: ServeConfig) -> dict[str, Any]:
+    """Serve's autoscaling settings for the predictors, from the `serve` section."""
+    return {
+        "min_replicas": cfg.min_replicas,
+        "initial_replicas": max(cfg.min_replicas, 1),
+        "max_replicas": cfg.max_replicas,
+        "target_ongoing_requests": cfg.target_ongoing_requests,
+        "upscale_delay_s": cfg.upscale_delay_s,
+        "downscale_delay_s": cfg.downscale_delay_s,
+    }
+
+
+def student_app(cfg: ServeConfig, model: str) -> Any:
+    """The bound application: ingress and predictors, sized and scaled from `cfg`."""
+    predictor = StudentPredictor.options(  # type: ignore[attr-defined]
+        autoscaling_config=autoscaling_config(cfg),
+        # Batches fill only if a replica accepts at least a batch's worth of requests at once
+        # (Serve's default is 5).
+        max_ongoing_requests=2 * max(cfg.max_batch_size, cfg.target_ongoing_requests),
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+    ).bind(cfg, model)
+    return StudentAPI.options(  # type: ignore[attr-defined]
+        num_replicas=max(cfg.min_replicas, 1),
+        max_ongoing_requests=_INGRESS_MAX_ONGOING,
+        ray_actor_options={"num_cpus": _INGRESS_CPUS},
+    ).bind(predictor, cfg)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve's `import_path` entry: `args` is the `serve` section of a dsbs config.
+
+    `serve.model` is required here (there is no run directory to find the student in).
+
+    Raises:
+        ValueError: when `model` is missing or a key is not a `serve` setting.
+    """
+    cfg = ServeConfig.model_validate(args)
+    if not cfg.model:
+        raise ValueError("serve.model: the exported student to serve (a folder or s3:// prefix)")
+    return student_app(cfg, cfg.model)

@@ -1,0 +1,81 @@
+"""Starting, waiting on and stopping the student application on a Ray cluster."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from dsbs.cluster import ensure_ray
+from dsbs.config import ServeConfig
+from dsbs.rundir import current_student
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeSummary:
+    """What a `dsbs serve` session did."""
+
+    url: str
+    model: str
+    seconds: float
+
+    def line(self) -> str:
+        """The one-line summary printed at the end."""
+        return f"served {self.model} at {self.url} for {self.seconds:.0f} s; stopped"
+
+
+def start_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None) -> str:
+    """Deploys the student app (ingress + autoscaled predictors); returns its base URL.
+
+    The export is `cfg.model`, else this run directory's current `train/<hash>/student/`.
+    Returns once every initial replica has loaded the student and warmed up.
+
+    Raises:
+        FileNotFoundError: when no model is given and the run has no finished training.
+    """
+    from ray import serve
+
+    from dsbs.serve.app import APP_NAME, student_app
+
+    model = cfg.model or current_student(run_dir)
+    ensure_ray(ray_address)
+    # The proxy's address is fixed when Serve first starts on a cluster; a running Serve
+    # keeps its own (Ray logs a warning when they differ).
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    log.info("starting the student (%s, backend %s) in Ray Serve", model, cfg.backend)
+    serve.run(student_app(cfg, model), name=APP_NAME, route_prefix="/")
+    url = f"http://{cfg.host}:{cfg.port}"
+    log.info("student ready: %s/v1/predict (docs at %s/docs)", url, url)
+    return url
+
+
+def stop_student() -> None:
+    """Deletes the student app (its replicas stop; Serve itself keeps running)."""
+    from ray import serve
+
+    from dsbs.serve.app import APP_NAME
+
+    serve.delete(APP_NAME)
+
+
+def serve_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None) -> ServeSummary:
+    """Serves the student until interrupted (Ctrl-C or SIGTERM from `ray job stop`)."""
+    started = time.monotonic()
+    url = start_student(cfg, run_dir, ray_address)
+    # `ray job stop` and Kubernetes send SIGTERM: stop the app as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping the student")
+    finally:
+        stop_student()
+    return ServeSummary(url, cfg.model or current_student(run_dir), time.monotonic() - started)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
