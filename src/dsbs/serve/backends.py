@@ -102,9 +102,11 @@ class CTranslate2Backend:
             min_decoding_length=0,
         )
         return [
-            self.tokenizer.decode(
-                self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]),
-                skip_special_tokens=True,
+            str(
+                self.tokenizer.decode(
+                    self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]),
+                    skip_special_tokens=True,
+                )
             ).strip()
             for result in results
         ]
