@@ -29,6 +29,14 @@ def paper_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A t5-tiny export trained for a few hundred steps on both tasks (about 20 s, once)."""
+    from students import make_tiny_student
+
+    return make_tiny_student(tmp_path_factory.mktemp("tiny") / "student")
+
+
+@pytest.fixture(scope="session")
 def assets() -> Path:
     """tests/assets."""
     return ASSETS

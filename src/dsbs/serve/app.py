@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.metrics import Counter, Histogram
 
 from dsbs.config import ServeConfig
@@ -42,6 +43,8 @@ APP_NAME = "dsbs-student"
 _INGRESS_MAX_ONGOING = 1024
 _INGRESS_CPUS = 0.1
 _WARMUP_INPUT = "warm up"
+# Tries per request when a student replica dies under it.
+_ATTEMPTS = 3
 
 api = FastAPI(
     title="dsbs student",
@@ -160,8 +163,7 @@ class StudentAPI:
         try:
             body = parse_request(await request.body(), self.cfg)
             predictions = await asyncio.wait_for(
-                self.predictor.predict.remote(body.inputs, body.rationale),
-                timeout=self.cfg.request_timeout_s,
+                self._predict(body), timeout=self.cfg.request_timeout_s
             )
         except Rejection as rejection:
             return self._reject(rejection)
@@ -169,11 +171,25 @@ class StudentAPI:
             return self._reject(
                 Rejection(504, "body", f"no answer in {self.cfg.request_timeout_s} s", "timeout")
             )
+        except (RayActorError, ActorUnavailableError) as err:
+            return self._reject(
+                Rejection(503, "body", f"student replicas unavailable: {err}", "unavailable")
+            )
         if isinstance(predictions, Rejection):
             return self._reject(predictions)
         self.predictions.inc(len(predictions))
         card = await self._model_card()
         return PredictResponse(predictions=predictions, model=card.version)
+
+    async def _predict(self, body: PredictRequest) -> list[Prediction] | Rejection:
+        # Predictions are idempotent: a request whose replica died (scaled in, preempted,
+        # killed) goes to another one instead of failing.
+        for _ in range(_ATTEMPTS - 1):
+            try:
+                return await self.predictor.predict.remote(body.inputs, body.rationale)
+            except (RayActorError, ActorUnavailableError) as err:
+                log.warning("student replica lost (%s); retrying on another", type(err).__name__)
+        return await self.predictor.predict.remote(body.inputs, body.rationale)
 
     @api.get("/v1/model", response_model=ModelCard)
     async def model(self) -> ModelCard:

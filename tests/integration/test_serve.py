@@ -1,0 +1,275 @@
+"""The student app on a real local Ray Serve, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ports import free_port
+
+from dsbs import storage
+from dsbs.config import ServeConfig
+from dsbs.serve.runner import start_student, stop_student
+from dsbs.student.decode import generate_texts
+from dsbs.student.export import load_student
+
+pytestmark = pytest.mark.slow
+
+PREDICTOR = "StudentPredictor"
+
+
+@pytest.fixture(scope="module")
+def serve_port(ray_cluster: None) -> Iterator[int]:
+    """Ray Serve started on a free port for this module; shut down after it."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield port
+    finally:
+        serve.shutdown()
+
+
+def _config(port: int, model: Path | str, **changes: object) -> ServeConfig:
+    base = {"model": str(model), "port": port, "num_cpus": 0.5, "max_batch_size": 8}
+    return ServeConfig.model_validate({**base, **changes})
+
+
+def _request(url: str, body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=body, headers={"content-type": "application/json"} if body else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _predict(base: str, inputs: list[str], rationale: bool = False) -> tuple[int, dict]:
+    return _request(
+        f"{base}/v1/predict", json.dumps({"inputs": inputs, "rationale": rationale}).encode()
+    )
+
+
+def _questions(n: int, offset: int = 0) -> list[str]:
+    return [f"What is {(i + offset) % 20} plus {(3 * i) % 20}?" for i in range(n)]
+
+
+def test_http_answers_equal_the_exports_own_generate(serve_port, tiny_student, s3_bucket):
+    # Served from s3://, as a cluster would: the replica downloads the export once.
+    prefix = f"{s3_bucket}/student"
+    for path in tiny_student.iterdir():
+        storage.write_bytes(f"{prefix}/{path.name}", path.read_bytes())
+    base = start_student(_config(serve_port, prefix), run_dir="unused")
+    try:
+        questions = _questions(12)
+        status, body = _predict(base, questions, rationale=True)
+        assert status == 200, body
+
+        model, tokenizer, info = load_student(str(tiny_student))
+        labels = generate_texts(
+            model, tokenizer, [info.label_prefix + q for q in questions], 32, 16
+        )
+        rationales = generate_texts(
+            model, tokenizer, [info.rationale_prefix + q for q in questions], 32, 16
+        )
+        assert [p["label"] for p in body["predictions"]] == labels
+        assert [p["rationale"] for p in body["predictions"]] == rationales
+        assert body["model"] == info.version
+
+        status, body = _predict(base, questions[:2])
+        assert status == 200 and all(p["rationale"] is None for p in body["predictions"])
+        assert _request(f"{base}/healthz") == (200, {"status": "ok", "model": info.version})
+        status, card = _request(f"{base}/v1/model")
+        assert status == 200
+        assert (card["task"], card["label_prefix"], card["backend"]) == ("svamp", "predict: ", "hf")
+        assert card["parameters"] > 100_000
+        status, openapi = _request(f"{base}/openapi.json")
+        schema = openapi["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+        assert status == 200 and "inputs" in schema["application/json"]["schema"]["properties"]
+        assert urllib.request.urlopen(f"{base}/docs", timeout=10).status == 200
+    finally:
+        stop_student()
+
+
+MALFORMED = [
+    (b"{not json", 400, "body"),
+    (b'{"inputs": "a string"}', 422, "inputs"),
+    (b'{"inputs": []}', 422, "inputs"),
+    (b'{"inputs": ["ok", 7]}', 422, "inputs[1]"),
+    (b'{"inputs": ["ok", ""]}', 422, "inputs[1]"),
+    (b'{"inputs": ["ok"], "rationale": "yes"}', 422, "rationale"),
+    (json.dumps({"inputs": ["ok"] * 9}).encode(), 422, "inputs"),
+    (json.dumps({"inputs": ["ok", "word " * 200]}).encode(), 422, "inputs[1]"),
+    (json.dumps({"inputs": ["x" * 5000]}).encode(), 413, "body"),
+]
+
+
+class _Load:
+    """Client threads posting valid requests until stopped, counting statuses."""
+
+    def __init__(self, base: str, clients: int) -> None:
+        self.base = base
+        self.statuses: Counter[int] = Counter()
+        self.answered_at: list[float] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)
+        ]
+
+    def _run(self, client: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            try:
+                status, _ = _predict(self.base, _questions(2, offset=client + n))
+            except OSError:
+                status = 0  # connection refused or reset: counted as an error
+            n += 1
+            with self._lock:
+                self.statuses[status] += 1
+                if status == 200:
+                    self.answered_at.append(time.monotonic())
+
+    def __enter__(self) -> _Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def errors(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status != 200)
+
+
+def test_malformed_requests_get_their_4xx_and_valid_load_no_5xx(serve_port, tiny_student):
+    cfg = _config(serve_port, tiny_student, max_items=8, max_input_tokens=64, max_body_bytes=4000)
+    base = start_student(cfg, run_dir="unused")
+    try:
+        for raw, status, field in MALFORMED:
+            got, body = _request(f"{base}/v1/predict", raw)
+            assert (got, body["error"]["field"]) == (status, field), (raw[:60], body)
+        with _Load(base, clients=8) as load:
+            time.sleep(8)
+        assert load.statuses[200] > 20 and load.errors() == 0, load.statuses
+        _assert_metrics_exported(
+            [
+                "dsbs_student_predictions",
+                "dsbs_student_rejected_requests",
+                "dsbs_student_batch_size",
+            ]
+        )
+    finally:
+        stop_student()
+
+
+def _assert_metrics_exported(names: list[str], timeout_s: float = 60) -> None:
+    """Waits for Ray's Prometheus endpoint on this node to show each metric name."""
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        if all(name in text for name in names):
+            assert 'reason="too_many_items"' in text
+            return
+        time.sleep(2)
+    missing = [name for name in names if name not in text]
+    raise AssertionError(f"not exported to Prometheus after {timeout_s} s: {missing}")
+
+
+def test_ctranslate2_backend_answers_like_hf_over_http(serve_port, tiny_student):
+    questions = _questions(10, offset=5)
+    model, tokenizer, info = load_student(str(tiny_student))
+    expected = generate_texts(model, tokenizer, [info.label_prefix + q for q in questions], 32, 16)
+    cfg = _config(
+        serve_port, tiny_student, backend="ctranslate2", ctranslate2_compute_type="float32"
+    )
+    base = start_student(cfg, run_dir="unused")
+    try:
+        status, body = _predict(base, questions)
+        assert status == 200 and [p["label"] for p in body["predictions"]] == expected
+        assert _request(f"{base}/v1/model")[1]["backend"] == "ctranslate2"
+    finally:
+        stop_student()
+
+
+def _running_replicas() -> int:
+    from ray import serve
+
+    from dsbs.serve.app import APP_NAME
+
+    deployment = serve.status().applications[APP_NAME].deployments[PREDICTOR]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def test_replicas_scale_out_under_load_and_back_in_after(serve_port, tiny_student):
+    cfg = _config(
+        serve_port,
+        tiny_student,
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=1,
+        upscale_delay_s=1,
+        downscale_delay_s=2,
+    )
+    base = start_student(cfg, run_dir="unused")
+    try:
+        assert _running_replicas() == 1
+        with _Load(base, clients=6) as load:
+            up = _wait_for(lambda: _running_replicas() >= 2, 90, "scale out to 2 replicas")
+        down = _wait_for(lambda: _running_replicas() == 1, 120, "scale back in to 1 replica")
+        print(f"scaled out after {up:.1f} s of load, back in {down:.1f} s after it stopped")
+        assert load.errors() == 0, load.statuses
+    finally:
+        stop_student()
+
+
+def test_a_replica_killed_under_load_does_not_stop_the_answers(serve_port, tiny_student):
+    import ray
+
+    cfg = _config(serve_port, tiny_student, min_replicas=2, max_replicas=2)
+    base = start_student(cfg, run_dir="unused")
+    try:
+        victims = [
+            actor
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if PREDICTOR in actor["name"]
+        ]
+        assert len(victims) == 2
+        with _Load(base, clients=6) as load:
+            time.sleep(3)
+            killed_at = time.monotonic()
+            ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]))
+            time.sleep(8)
+        after = [t for t in load.answered_at if t > killed_at + 1]
+        print(f"replica killed under load: {load.statuses[200]} answered, {load.errors()} errors")
+        # The ingress retries a request whose replica died on the surviving one.
+        assert len(after) > 20, load.statuses
+        assert load.errors() == 0, load.statuses
+    finally:
+        stop_student()
