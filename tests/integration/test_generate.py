@@ -239,7 +239,7 @@ def test_the_teacher_app_answers_openai_routes_over_http(ray_head, tmp_path):
         request = urllib.request.Request(
             f"http://127.0.0.1:8000{path}", data=data, headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - our server
+        with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())
 
     assert call("/healthz") == {"status": "ok"}

@@ -65,7 +65,7 @@ def vllm_server():
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{base}/models", timeout=2)  # noqa: S310 - our own server
+            urllib.request.urlopen(f"{base}/models", timeout=2)
             break
         except OSError:
             if proc.poll() is not None:
