@@ -79,7 +79,11 @@ class CTranslate2Backend:
         if compute_type == "auto":
             compute_type = "bfloat16" if use_gpu else "int8"
         self.translator = ctranslate2.Translator(
-            str(converted), device="cuda" if use_gpu else "cpu", compute_type=compute_type
+            str(converted),
+            device="cuda" if use_gpu else "cpu",
+            compute_type=compute_type,
+            # The replica's CPUs, as torch gets them through OMP_NUM_THREADS from Ray.
+            intra_threads=max(1, int(cfg.num_cpus)),
         )
         self.num_parameters = count_parameters(folder)
         log.info("ctranslate2 student from %s (%s)", converted, compute_type)
