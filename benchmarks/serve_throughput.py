@@ -8,12 +8,13 @@ one input per request, back to back. Variants, alternating each repeat:
   hf-batch1    HF generate, max_batch_size=1 (each request decoded alone)
   hf-batch32   HF generate, @serve.batch up to 32 requests
   ct2-batch32  CTranslate2 (int8 on CPU), @serve.batch up to 32
-Measured after `--warmup` seconds: completed requests per second, p50 and p99 latency.
+Every variant waits up to `--batch-wait-s` (50 ms) for a batch to fill. Measured after
+`--warmup` seconds: completed requests per second, p50 and p99 latency.
 
 The student is preset `--preset` (t5-v1_1-small by default) built from config with random
-weights and a SentencePiece tokenizer trained on the arithmetic text: a random student never
-emits </s>, so every answer is exactly `--max-new-tokens` tokens and every variant does the
-same work per request.
+weights and a SentencePiece tokenizer trained on the arithmetic text: the random student does
+not emit </s>, so every answer runs to `--max-new-tokens` tokens (checked on start) and every
+variant does the same work per request.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def _make_student(out: Path, preset: str, max_new_tokens: int) -> Path:
         version="bench",
     )
     save_student(model, tokenizer, info, str(out / "student"))
+    ids = tokenizer(["predict: What is 1 plus 2?"], return_tensors="pt")
+    generated = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    # decoder start token + max_new_tokens: the answer ran to the limit.
+    assert generated.shape[1] == max_new_tokens + 1, "the random student stopped early"
     return out / "student"
 
 
@@ -100,7 +105,7 @@ def _measure(name: str, model: Path, args: argparse.Namespace, port: int) -> dic
             "num_cpus": 2,
             "min_replicas": 1,
             "max_replicas": 1,
-            "batch_wait_timeout_s": 0.01,
+            "batch_wait_timeout_s": args.batch_wait_s,
             "max_input_tokens": 64,
             **VARIANTS[name],
         }
@@ -132,6 +137,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--preset", default="t5-v1_1-small")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--batch-wait-s",
+        type=float,
+        default=0.05,
+        help="serve.batch_wait_timeout_s for every variant (a batch of 1 never waits)",
+    )
     args = parser.parse_args()
 
     import ray
@@ -160,6 +171,7 @@ def main() -> None:
         "preset": args.preset,
         "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats,
+        "batch_wait_s": args.batch_wait_s,
         **{
             name: {k: median(name, k) for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")}
             for name in VARIANTS

@@ -219,6 +219,10 @@ class ServeConfig(_Section):
     )
     """CTranslate2 compute type; `auto` is int8 on CPU and bfloat16 on GPU (never float16:
     T5 overflows in it). float32 gives the HF backend's answers exactly."""
+    ctranslate2_threads: int = Field(1, ge=1)
+    """Intra-op threads of a CPU CTranslate2 replica. 1: on the 2-vCPU machines this project is
+    measured on, 2 threads decoded a batch about 3x slower than 1 (BENCHMARKS.md); raise it
+    where it helps. HF replicas use `num_cpus` threads (Ray sets OMP_NUM_THREADS)."""
     host: str = "127.0.0.1"
     """HTTP bind address; 0.0.0.0 inside a cluster."""
     port: int = Field(8000, ge=1, le=65535)

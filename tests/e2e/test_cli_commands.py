@@ -1,9 +1,15 @@
 """The `dsbs` console script as users run it: a subprocess, exit codes, files on disk."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+
+import pytest
+from ports import free_port
 
 DSBS = str(Path(sys.executable).with_name("dsbs"))
 
@@ -81,3 +87,40 @@ def test_bad_input_past_budget_exits_non_zero(tmp_path):
     assert result.returncode == 1
     assert "over the 1.0% budget" in result.stderr
     assert "svamp_test.json:2: malformed JSON" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_answers_until_terminated(tiny_student, tmp_path):
+    # `dsbs serve` starts its own local Ray, serves until SIGTERM (what `ray job stop` and
+    # Kubernetes send), then deletes the app and prints its summary line.
+    port = free_port()
+    proc = subprocess.Popen(
+        [DSBS, "serve", "--model", str(tiny_student), f"serve.port={port}", "serve.num_cpus=0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        request = urllib.request.Request(
+            f"{base}/v1/predict",
+            data=json.dumps({"inputs": ["What is 2 plus 2?"]}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert len(json.loads(response.read())["predictions"]) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip().startswith(f"served {tiny_student} at http://127.0.0.1:{port}"), out

@@ -193,6 +193,15 @@ def _assert_metrics_exported(names: list[str], timeout_s: float = 60) -> None:
     raise AssertionError(f"not exported to Prometheus after {timeout_s} s: {missing}")
 
 
+def test_a_request_past_the_timeout_gets_a_504_naming_it(serve_port, tiny_student):
+    base = start_student(_config(serve_port, tiny_student, request_timeout_s=0.001), "unused")
+    try:
+        status, body = _predict(base, _questions(4))
+        assert status == 504 and body["error"]["reason"] == "timeout", body
+    finally:
+        stop_student()
+
+
 def test_ctranslate2_backend_answers_like_hf_over_http(serve_port, tiny_student):
     questions = _questions(10, offset=5)
     model, tokenizer, info = load_student(str(tiny_student))

@@ -82,8 +82,7 @@ class CTranslate2Backend:
             str(converted),
             device="cuda" if use_gpu else "cpu",
             compute_type=compute_type,
-            # The replica's CPUs, as torch gets them through OMP_NUM_THREADS from Ray.
-            intra_threads=max(1, int(cfg.num_cpus)),
+            intra_threads=cfg.ctranslate2_threads,
         )
         self.num_parameters = count_parameters(folder)
         log.info("ctranslate2 student from %s (%s)", converted, compute_type)
