@@ -44,6 +44,8 @@ bench: setup
 	$(BIN)/python benchmarks/generate_memory.py --small 200 --large 2000
 	$(BIN)/python benchmarks/train_throughput.py --rows 600 --steps 60 --repeats 2
 	$(BIN)/python benchmarks/learning_check.py --steps 400
+	$(BIN)/python benchmarks/serve_throughput.py --clients 32 --seconds 20 --repeats 2
+	$(BIN)/python benchmarks/decode_threads.py --threads 1 2
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
