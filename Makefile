@@ -33,10 +33,11 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The embedded default end to end: synthetic arithmetic -> SmolLM2 teacher (vLLM CPU) ->
+# tiny T5 (DeepSpeed ZeRO-2, 2 Ray Train workers) -> report -> serve smoke test.
 demo: setup
-	@echo "make demo: not yet - the end-to-end pipeline lands with issue 6 (dsbs run)."
-	@echo "What works today: $(BIN)/dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl"
 	$(BIN)/dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
+	$(BIN)/dsbs run --config configs/local-demo.yaml
 
 # The measured comparisons of BENCHMARKS.md (tens of minutes on 2 cores; results print as JSON).
 bench: setup

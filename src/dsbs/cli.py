@@ -1,5 +1,7 @@
 """The `dsbs` command line: one table of commands, each a thin call into the library.
 
+dsbs run --config configs/local-demo.yaml
+dsbs serve --model runs/demo/train/HASH/student
 dsbs config show --config configs/local-demo.yaml train.alpha=0.3
 dsbs data import-paper --dataset svamp --root datasets --split test --out svamp_test.jsonl
 dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
@@ -63,6 +65,20 @@ def _serve(args: argparse.Namespace) -> str:
     return serve_student(cfg.serve, cfg.pipeline.run_dir, cfg.pipeline.ray_address).line()
 
 
+def _run(args: argparse.Namespace) -> str:
+    from dsbs.pipeline import run_pipeline
+    from dsbs.serve.runner import serve_until_interrupted
+
+    if args.keep_serving:
+        args.overrides.append("pipeline.keep_serving=true")
+    summary = run_pipeline(_resolved(args))
+    if summary.url is None:
+        return summary.line()
+    print(summary.line(), flush=True)
+    serve_until_interrupted()
+    return f"stopped serving {summary.url}"
+
+
 def _evaluate(args: argparse.Namespace) -> str:
     from dsbs.train.evaluate import evaluate_export
 
@@ -119,6 +135,7 @@ def _data_synth(args: argparse.Namespace) -> str:
 # Every command the CLI offers, by its words on the command line; tests check this table
 # against the parser so that no command is registered without a handler or the reverse.
 COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "run": _run,
     "generate": _generate,
     "train": _train,
     "serve": _serve,
@@ -147,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
+    run = groups.add_parser(
+        "run", help="the whole pipeline: generate, train, evaluate, report, serve smoke test"
+    )
+    _add_config_args(run)
+    run.add_argument(
+        "--keep-serving", action="store_true", help="leave the student serving until Ctrl-C"
+    )
     _add_config_args(
         groups.add_parser(
             "generate", help="stage 1: teacher rationales for every input (resumable)"

@@ -65,6 +65,12 @@ def serve_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None
     """Serves the student until interrupted (Ctrl-C or SIGTERM from `ray job stop`)."""
     started = time.monotonic()
     url = start_student(cfg, run_dir, ray_address)
+    serve_until_interrupted()
+    return ServeSummary(url, cfg.model or current_student(run_dir), time.monotonic() - started)
+
+
+def serve_until_interrupted() -> None:
+    """Blocks while the student app serves; deletes it on Ctrl-C or SIGTERM."""
     # `ray job stop` and Kubernetes send SIGTERM: stop the app as on Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -74,7 +80,6 @@ def serve_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None
         log.info("interrupted: stopping the student")
     finally:
         stop_student()
-    return ServeSummary(url, cfg.model or current_student(run_dir), time.monotonic() - started)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -1,0 +1,174 @@
+"""`dsbs run`: generate -> train -> evaluate -> report -> serve smoke test, on one Ray cluster.
+
+Every stage writes under the one run directory (local or s3://) and skips what is already
+there for the same config: generation resumes row by row and starts no teacher when every
+row is done; training returns at once when its metrics.json exists (or resumes from its
+latest checkpoint). A rerun after a failure therefore picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsbs import storage
+from dsbs.cluster import ensure_ray
+from dsbs.config import Config, dump_config
+from dsbs.generate import GenerateSummary, generate_rationales
+from dsbs.records import read_records
+from dsbs.report import write_report
+from dsbs.rundir import current_rationales
+from dsbs.serve.runner import start_student, stop_student
+from dsbs.train.trainer import TrainSummary, train_student
+
+log = logging.getLogger(__name__)
+
+SMOKE_INPUTS = 3
+
+
+@dataclass
+class RunSummary:
+    """What `dsbs run` did; `line()` is the one-line summary."""
+
+    run_dir: str
+    report: str
+    metrics: dict[str, Any]
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    url: str | None = None
+
+    def line(self) -> str:
+        """The summary line printed at the end."""
+        student = self.metrics["student"]
+        seconds = sum(self.metrics["stage_seconds"].values())
+        serving = (
+            f"serving at {self.url} (Ctrl-C stops it)"
+            if self.url
+            else f"serve it with: dsbs serve --model {student['export']}"
+        )
+        accuracy = student.get("test_accuracy")
+        shown = "n/a" if accuracy is None else f"{accuracy:.1%}"
+        return (
+            f"run: student test accuracy {shown} after {student['steps']} steps; "
+            f"{len(self.answers)} smoke-test answers over HTTP; {seconds:.0f} s; "
+            f"report {self.report}; {serving}"
+        )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.monotonic()
+    log.info("== %s", stage)
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.monotonic() - started, 1)
+
+
+def run_pipeline(cfg: Config) -> RunSummary:
+    """Runs every stage for `cfg` into `cfg.pipeline.run_dir`; see the module docstring.
+
+    With `pipeline.keep_serving` the student app stays up after the smoke test (the caller
+    decides how long); otherwise it is deleted.
+
+    Raises:
+        GenerationError, TrainingError, FileNotFoundError, ValueError: from the stages.
+    """
+    run_dir, address = cfg.pipeline.run_dir, cfg.pipeline.ray_address
+    ensure_ray(address)
+    timings: dict[str, float] = {}
+    with _timed(timings, "generate"):
+        generated = generate_rationales(cfg.data, cfg.teacher, cfg.generate, run_dir, address)
+        log.info(generated.line())
+    with _timed(timings, "train"):
+        trained = train_student(cfg.train, cfg.student, cfg.data.task, run_dir, address)
+        log.info(trained.line())
+    with _timed(timings, "evaluate"):
+        # The training stage ends by scoring the export's weights on the held-out test split
+        # with every rank; evaluation here reads those figures and the step history.
+        final = json.loads(storage.read_bytes(storage.join(trained.output, "metrics.json")))
+        history = _history(trained.output)
+    with _timed(timings, "serve"):
+        questions = _smoke_inputs(cfg.train.data or current_rationales(run_dir))
+        url = start_student(cfg.serve, run_dir, address)
+        try:
+            answers = _ask(url, questions)
+        finally:
+            if not cfg.pipeline.keep_serving:
+                stop_student()
+    for answer in answers:
+        log.info("smoke test: %r -> %r", answer["input"], answer["label"])
+    metrics = {**_metrics(generated, trained, final, timings), "smoke_test": answers}
+    report_dir = storage.join(run_dir, "report")
+    write_report(report_dir, metrics, history, dump_config(cfg))
+    return RunSummary(
+        run_dir=run_dir,
+        report=storage.join(report_dir, "index.html"),
+        metrics=metrics,
+        answers=answers,
+        url=url if cfg.pipeline.keep_serving else None,
+    )
+
+
+def _history(train_out: str) -> list[dict[str, Any]]:
+    text = storage.read_bytes(storage.join(train_out, "metrics.jsonl")).decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _smoke_inputs(source: str) -> list[str]:
+    return [record.input for record in read_records(source)[:SMOKE_INPUTS]]
+
+
+def _ask(url: str, questions: list[str]) -> list[dict[str, Any]]:
+    """Posts the questions to the served student, as a client would."""
+    body = json.dumps({"inputs": questions, "rationale": False}).encode()
+    request = urllib.request.Request(  # noqa: S310 - an http:// URL of our own app
+        f"{url}/v1/predict", data=body, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - our own app
+        predictions = json.loads(response.read())["predictions"]
+    return [{"input": q, **p} for q, p in zip(questions, predictions, strict=True)]
+
+
+def _metrics(
+    generated: GenerateSummary,
+    trained: TrainSummary,
+    final: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The report's figures: teacher, student, losses, throughput, stage timings."""
+    rows_in = generated.rows_in
+    test = final.get("test", {})
+    return {
+        "teacher": {
+            "accuracy_against_gold": generated.agreement_with_gold,
+            "kept_fraction": generated.written / rows_in if rows_in else None,
+            "rows_in": rows_in,
+            "rows_kept": generated.written,
+            "quarantined": generated.quarantined,
+            "parse_rate": generated.parse_rate,
+            # Throughput of this run's teacher calls; None when every row was already done.
+            "output_tokens_per_s": generated.output_tokens_per_s
+            if generated.teacher_calls
+            else None,
+        },
+        "student": {
+            "export": storage.join(trained.output, "student"),
+            "steps": trained.steps,
+            "test_accuracy": test.get("label_accuracy"),
+            "valid_accuracy": trained.valid_accuracy,
+            "test_label_loss": test.get("label_loss"),
+            "test_rationale_loss": test.get("rationale_loss"),
+            "train_label_loss": trained.label_loss,
+            "train_rationale_loss": trained.rationale_loss,
+            "rows": trained.rows,
+            "skipped": trained.skipped,
+            "examples_per_s": trained.examples_per_s,
+        },
+        "stage_seconds": timings,
+    }

@@ -1,0 +1,37 @@
+"""The run report: metrics, plots and a page that shows them, without Ray."""
+
+import json
+
+from dsbs.report import write_report
+
+HISTORY = [
+    {"split": "train", "step": 1, "label_loss": 3.0, "rationale_loss": 4.0},
+    {"split": "train", "step": 2, "label_loss": 2.5, "rationale_loss": 3.5},
+    {"split": "valid", "step": 2, "label_loss": 2.7, "rationale_loss": 3.6, "label_accuracy": 0.1},
+    {"split": "resume", "step": 2, "optimizer_steps": 2},
+    {"split": "test", "step": 2, "label_accuracy": 0.2},
+]
+
+
+def test_report_holds_metrics_plots_and_a_page_with_the_config(tmp_path):
+    metrics = {"student": {"test_accuracy": 0.2, "steps": 2}, "smoke_test": [{"label": "<b>"}]}
+    sweep = [
+        {"mode": "standard_finetune", "fraction": 0.5, "test_accuracy": 0.1},
+        {"mode": "standard_finetune", "fraction": 1.0, "test_accuracy": 0.2},
+        {"mode": "distill_step_by_step", "fraction": 1.0, "test_accuracy": 0.3},
+    ]
+    names = write_report(str(tmp_path), metrics, HISTORY, "train:\n  alpha: 0.5 # <x>\n", sweep)
+    assert names == ["accuracy.png", "index.html", "loss.png", "metrics.json", "sweep.png"]
+    for png in ("accuracy.png", "loss.png", "sweep.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    page = (tmp_path / "index.html").read_text()
+    assert '<img src="loss.png"' in page and '<img src="sweep.png"' in page
+    assert "student.test_accuracy" in page and "0.2" in page
+    # Model output and config text are escaped, never markup.
+    assert "<b>" not in page and "&lt;x&gt;" in page
+
+
+def test_a_run_without_validation_has_no_accuracy_plot(tmp_path):
+    names = write_report(str(tmp_path), {"steps": 1}, HISTORY[:2], "")
+    assert "accuracy.png" not in names and "loss.png" in names
