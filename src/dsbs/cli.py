@@ -79,6 +79,12 @@ def _run(args: argparse.Namespace) -> str:
     return f"stopped serving {summary.url}"
 
 
+def _sweep(args: argparse.Namespace) -> str:
+    from dsbs.pipeline import sweep_pipeline
+
+    return sweep_pipeline(_resolved(args)).line()
+
+
 def _evaluate(args: argparse.Namespace) -> str:
     from dsbs.train.evaluate import evaluate_export
 
@@ -136,6 +142,7 @@ def _data_synth(args: argparse.Namespace) -> str:
 # against the parser so that no command is registered without a handler or the reverse.
 COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
     "run": _run,
+    "sweep": _sweep,
     "generate": _generate,
     "train": _train,
     "serve": _serve,
@@ -170,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument(
         "--keep-serving", action="store_true", help="leave the student serving until Ctrl-C"
+    )
+    _add_config_args(
+        groups.add_parser(
+            "sweep", help="train every mode at every training fraction; plot accuracy vs data"
+        )
     )
     _add_config_args(
         groups.add_parser(

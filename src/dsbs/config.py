@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TaskName = Literal["svamp", "cqa", "anli1", "esnli", "free"]
+TrainMode = Literal["standard_finetune", "standard_distill", "distill_step_by_step"]
 StudentPreset = Literal[
     "t5-tiny",
     "t5-v1_1-small",
@@ -137,9 +138,7 @@ class StudentConfig(_Section):
 class TrainConfig(_Section):
     """Student training (stage 2) with Ray Train and DeepSpeed."""
 
-    mode: Literal["standard_finetune", "standard_distill", "distill_step_by_step"] = (
-        "distill_step_by_step"
-    )
+    mode: TrainMode = "distill_step_by_step"
     """The paper's three training modes."""
     data: str | None = None
     """Training records (file or folder, local or s3://); None reads this run's generate output."""
@@ -266,6 +265,15 @@ class PipelineConfig(_Section):
     """Leave the student app running after the smoke test."""
 
 
+class SweepConfig(_Section):
+    """`dsbs sweep`: the paper's accuracy-against-data-size experiment."""
+
+    fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0], min_length=1)
+    """Training-set fractions (each sets train.subsample; subsamples nest, as in the paper)."""
+    modes: list[TrainMode] = Field(default_factory=lambda: list(get_args(TrainMode)), min_length=1)
+    """Training modes compared at every fraction."""
+
+
 class Config(_Section):
     """The whole tree; each stage reads only its own sections."""
 
@@ -276,6 +284,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="after")
     def _check_across_fields(self) -> Config:
@@ -302,6 +311,9 @@ class Config(_Section):
                 "generate.num_samples: self-consistency needs teacher.temperature > 0 "
                 "(greedy samples are all the same)"
             )
+        for fraction in self.sweep.fractions:
+            if not 0.0 < fraction <= 1.0:
+                raise ValueError(f"sweep.fractions: {fraction} is not in (0, 1]")
         if self.teacher.engine == "openai" and not self.teacher.base_url:
             raise ValueError("teacher.base_url: required when teacher.engine is 'openai'")
         return self

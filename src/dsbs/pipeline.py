@@ -172,3 +172,59 @@ def _metrics(
         },
         "stage_seconds": timings,
     }
+
+
+@dataclass
+class SweepSummary:
+    """What `dsbs sweep` did; `line()` is the one-line summary."""
+
+    report: str
+    rows: list[dict[str, Any]]
+
+    def line(self) -> str:
+        """The summary line printed at the end."""
+        best = max(
+            (r for r in self.rows if r["test_accuracy"] is not None),
+            key=lambda r: r["test_accuracy"],
+            default=None,
+        )
+        shown = (
+            f"best {best['mode']} at {best['fraction']:.1%}: {best['test_accuracy']:.1%}"
+            if best
+            else "no test accuracy"
+        )
+        return f"sweep: {len(self.rows)} trainings; {shown}; report {self.report}"
+
+
+def sweep_pipeline(cfg: Config) -> SweepSummary:
+    """Trains one student per (mode, training fraction) of `cfg.sweep` and plots accuracy.
+
+    The rationales are generated once (unless `train.data` names records); every training
+    has its own config hash, so a rerun skips the trainings that finished. Writes
+    RUN/report/sweep/ (metrics.json with one row per training, sweep.png, index.html).
+    """
+    run_dir, address = cfg.pipeline.run_dir, cfg.pipeline.ray_address
+    ensure_ray(address)
+    if not cfg.train.data:
+        log.info(generate_rationales(cfg.data, cfg.teacher, cfg.generate, run_dir, address).line())
+    rows = []
+    for mode in cfg.sweep.modes:
+        for fraction in sorted(cfg.sweep.fractions):
+            train = cfg.train.model_copy(update={"mode": mode, "subsample": fraction})
+            log.info("== sweep: %s on %.1f%% of the training set", mode, 100 * fraction)
+            trained = train_student(train, cfg.student, cfg.data.task, run_dir, address)
+            log.info(trained.line())
+            rows.append(
+                {
+                    "mode": mode,
+                    "fraction": fraction,
+                    "train_rows": trained.rows["train"],
+                    "test_accuracy": trained.test_accuracy,
+                    "valid_accuracy": trained.valid_accuracy,
+                    "steps": trained.steps,
+                    "output": trained.output,
+                }
+            )
+    report_dir = storage.join(run_dir, "report", "sweep")
+    write_report(report_dir, {"sweep": rows}, [], dump_config(cfg), sweep=rows)
+    return SweepSummary(storage.join(report_dir, "index.html"), rows)

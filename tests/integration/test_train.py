@@ -195,3 +195,36 @@ def test_a_killed_training_worker_resumes_from_the_latest_checkpoint(ray_cluster
     assert resume and resume[0]["step"] >= 12, resume
     assert [r["step"] for r in history if r["split"] == "train"] == list(range(1, 37))
     assert summary.steps == 36
+
+
+def test_sweep_trains_every_mode_at_every_fraction_and_plots_them(ray_cluster, data, tmp_path):
+    from dsbs.pipeline import sweep_pipeline
+
+    cfg = _config(
+        data,
+        str(tmp_path),
+        "train.num_workers=1",
+        "train.max_steps=4",
+        "train.eval_every=4",
+        "train.checkpoint_every=4",
+        "sweep.fractions=[1.0, 0.5]",
+        "sweep.modes=[standard_finetune, distill_step_by_step]",
+    )
+    summary = sweep_pipeline(cfg)
+    assert [(r["mode"], r["fraction"]) for r in summary.rows] == [
+        ("standard_finetune", 0.5),
+        ("standard_finetune", 1.0),
+        ("distill_step_by_step", 0.5),
+        ("distill_step_by_step", 1.0),
+    ]
+    half, full = summary.rows[0]["train_rows"], summary.rows[1]["train_rows"]
+    assert 0.35 * full < half < 0.65 * full
+    assert all(r["test_accuracy"] is not None and r["steps"] == 4 for r in summary.rows)
+    report = tmp_path / "report" / "sweep"
+    assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((report / "metrics.json").read_text())["sweep"]) == 4
+    assert summary.line().startswith("sweep: 4 trainings; best ")
+    # Every training is its own config hash: a rerun finds them finished.
+    started = time.monotonic()
+    assert sweep_pipeline(cfg).rows == summary.rows
+    assert time.monotonic() - started < 30
