@@ -9,10 +9,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_shipped_xxl_config_fits_eight_80gb_gpus(capsys):
-    config = REPO / "configs" / "svamp_palm_to_t5-v1_1-xxl_8gpu.yaml"
+    config = REPO / "configs" / "paper" / "svamp_palm_to_t5-v1_1-xxl_8gpu.yaml"
     assert cli.main(["plan", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "t5-v1_1-xxl" in out and "ZeRO-3" in out and "\nFITS" in out
+
+
+def test_every_paper_config_fits_its_gpus(capsys):
+    configs = sorted((REPO / "configs" / "paper").glob("*.yaml"))
+    assert len(configs) == 12  # svamp, cqa, anli1, esnli x t5-v1_1-base, large, xxl
+    for config in configs:
+        assert cli.main(["plan", "--config", str(config)]) == 0
+        assert "\nFITS" in capsys.readouterr().out, config.name
 
 
 def test_xxl_on_one_gpu_does_not_fit_and_offload_changes_the_gpu_share():
