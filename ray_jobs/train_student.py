@@ -5,7 +5,8 @@ Locally (starts a Ray cluster when none is running):
 
 On a cluster (a `ray start --head`, or KubeRay through a port-forward to 8265):
     ray job submit --address http://127.0.0.1:8265 --working-dir . \
-        -- python ray_jobs/train_student.py --config configs/paper/svamp_palm_to_t5-v1_1-xxl_8gpu.yaml
+        -- python ray_jobs/train_student.py \
+        --config configs/paper/svamp_palm_to_t5-v1_1-xxl_8gpu.yaml
 
 Any `key=value` after the config overrides it (`train.zero_stage=3 train.max_steps=500`).
 Reads the run's generate output, or `train.data`; writes RUN/train/<hash>/ (checkpoints,
