@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dsbs.cluster import ensure_ray
@@ -64,16 +65,23 @@ def stop_student() -> None:
 def serve_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None) -> ServeSummary:
     """Serves the student until interrupted (Ctrl-C or SIGTERM from `ray job stop`)."""
     started = time.monotonic()
-    url = start_student(cfg, run_dir, ray_address)
-    serve_until_interrupted()
-    return ServeSummary(url, cfg.model or current_student(run_dir), time.monotonic() - started)
+    model = cfg.model or current_student(run_dir)
+    # Ray installs a SIGTERM handler of its own in ray.init (it exits with status 15): join
+    # the cluster first so that ours replaces it before the app starts.
+    ensure_ray(ray_address)
+    serve_until_interrupted(lambda: start_student(cfg, run_dir, ray_address))
+    return ServeSummary(f"http://{cfg.host}:{cfg.port}", model, time.monotonic() - started)
 
 
-def serve_until_interrupted() -> None:
-    """Blocks while the student app serves; deletes it on Ctrl-C or SIGTERM."""
-    # `ray job stop` and Kubernetes send SIGTERM: stop the app as on Ctrl-C.
+def serve_until_interrupted(start: Callable[[], str] | None = None) -> None:
+    """Runs `start` (if given), then blocks while the student app serves.
+
+    Ctrl-C or SIGTERM (`ray job stop`, Kubernetes) deletes the app, also during `start`.
+    """
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if start is not None:
+            start()
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
