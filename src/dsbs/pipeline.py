@@ -24,7 +24,7 @@ from dsbs.generate import GenerateSummary, generate_rationales
 from dsbs.records import read_records
 from dsbs.report import write_report
 from dsbs.rundir import current_rationales
-from dsbs.serve.runner import start_student, stop_student
+from dsbs.serve.runner import start_serve, start_student, stop_student
 from dsbs.train.trainer import TrainSummary, train_student
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ def run_pipeline(cfg: Config) -> RunSummary:
     """
     run_dir, address = cfg.pipeline.run_dir, cfg.pipeline.ray_address
     ensure_ray(address)
+    # Serve's proxy address is fixed by whoever starts Serve first: the teacher (generate)
+    # would start it on Serve's defaults, so start it where the student should answer.
+    start_serve(cfg.serve)
     timings: dict[str, float] = {}
     with _timed(timings, "generate"):
         generated = generate_rationales(cfg.data, cfg.teacher, cfg.generate, run_dir, address)

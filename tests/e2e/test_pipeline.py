@@ -79,9 +79,9 @@ def test_pipeline_by_ray_job_submit_then_rerun_by_dsbs_run_skips_done_stages(tmp
         submitted = _run([str(BIN / "ray"), *job, *overrides], env, 1200)
     finally:
         _run([str(BIN / "ray"), "stop", "--force"], env, 120)
-    output = submitted.stdout + submitted.stderr
-    assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-4000:]
-    assert "run: student test accuracy" in output, output[-4000:]
+    output = submitted.stderr + submitted.stdout  # the job's own log streams to stdout
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
+    assert "run: student test accuracy" in output, output[-6000:]
     first = _check_run_dir(run)
 
     # A rerun with the console script on the same run directory: nothing to generate or
