@@ -94,27 +94,26 @@ def serve_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None
     # Ray installs a SIGTERM handler of its own in ray.init (it exits with status 15): join
     # the cluster first so that ours replaces it before the app starts.
     ensure_ray(ray_address)
-    url = serve_until_interrupted(lambda: start_student(cfg, run_dir, ray_address))
-    return ServeSummary(url or "(not started)", model, time.monotonic() - started)
+    url = start_serve(cfg)
+    serve_until_interrupted(lambda: start_student(cfg, run_dir, ray_address))
+    return ServeSummary(url, model, time.monotonic() - started)
 
 
-def serve_until_interrupted(start: Callable[[], str] | None = None) -> str | None:
-    """Runs `start` (if given), then blocks while the student app serves; returns start's URL.
+def serve_until_interrupted(start: Callable[[], object] | None = None) -> None:
+    """Runs `start` (if given), then blocks while the student app serves.
 
     Ctrl-C or SIGTERM (`ray job stop`, Kubernetes) deletes the app, also during `start`.
     """
     signal.signal(signal.SIGTERM, _interrupt)
-    url = None
     try:
         if start is not None:
-            url = start()
+            start()
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         log.info("interrupted: stopping the student")
     finally:
         stop_student()
-    return url
 
 
 def _interrupt(signum: int, frame: object) -> None:
