@@ -59,6 +59,17 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def absolute(uri: str) -> str:
+    """An s3:// URI as it is; a local path made absolute (`~` expanded).
+
+    Paths handed to Ray workers must be absolute: Ray Train runs its workers in a folder of
+    its own, so a relative path would name a different place there.
+    """
+    if is_s3(uri):
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
 def join(base: str, *parts: str) -> str:
     """Joins path parts for local paths and s3:// URIs alike."""
     if is_s3(base):

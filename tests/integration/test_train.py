@@ -197,12 +197,17 @@ def test_a_killed_training_worker_resumes_from_the_latest_checkpoint(ray_cluster
     assert summary.steps == 36
 
 
-def test_sweep_trains_every_mode_at_every_fraction_and_plots_them(ray_cluster, data, tmp_path):
+def test_sweep_trains_every_mode_at_every_fraction_and_plots_them(
+    ray_cluster, data, tmp_path, monkeypatch
+):
     from dsbs.pipeline import sweep_pipeline
 
+    # A relative run directory, as in configs/local-demo.yaml: Ray Train runs its workers in a
+    # folder of its own, so the stage must hand them absolute paths.
+    monkeypatch.chdir(tmp_path)
     cfg = _config(
         data,
-        str(tmp_path),
+        "runs/sweep",
         "train.num_workers=1",
         "train.max_steps=4",
         "train.eval_every=4",
@@ -220,7 +225,7 @@ def test_sweep_trains_every_mode_at_every_fraction_and_plots_them(ray_cluster, d
     half, full = summary.rows[0]["train_rows"], summary.rows[1]["train_rows"]
     assert 0.35 * full < half < 0.65 * full
     assert all(r["test_accuracy"] is not None and r["steps"] == 4 for r in summary.rows)
-    report = tmp_path / "report" / "sweep"
+    report = tmp_path / "runs" / "sweep" / "report" / "sweep"
     assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((report / "metrics.json").read_text())["sweep"]) == 4
     assert summary.line().startswith("sweep: 4 trainings; best ")

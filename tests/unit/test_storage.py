@@ -129,3 +129,10 @@ def test_pyarrow_filesystem_talks_to_the_same_server(s3_bucket):
     import pyarrow.parquet as pq
 
     assert pq.read_table(path, filesystem=fs).to_pylist() == ROWS
+
+
+def test_absolute_leaves_s3_alone_and_anchors_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("s3://bucket/runs/demo") == "s3://bucket/runs/demo"
+    assert storage.absolute("runs/demo") == str(tmp_path / "runs" / "demo")
+    assert storage.absolute(str(tmp_path)) == str(tmp_path)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dsbs import storage
 from dsbs.cluster import ensure_ray
 from dsbs.config import ServeConfig
 from dsbs.rundir import current_student
@@ -41,7 +42,8 @@ def start_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None
 
     from dsbs.serve.app import APP_NAME, student_app
 
-    model = cfg.model or current_student(run_dir)
+    # Absolute: replicas do not run in this process's working directory.
+    model = storage.absolute(cfg.model or current_student(run_dir))
     ensure_ray(ray_address)
     url = start_serve(cfg)
     log.info("starting the student (%s, backend %s) in Ray Serve", model, cfg.backend)

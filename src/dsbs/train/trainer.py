@@ -161,7 +161,16 @@ def train_student(
     started = time.monotonic()
     source = train.data or current_rationales(run_dir)
     digest = config_hash(train, student, task, source)
-    out_dir = train_dir(run_dir, digest)
+    # Absolute from here on (the hash keeps the paths as given): workers run elsewhere.
+    out_dir = storage.absolute(train_dir(run_dir, digest))
+    if train.resume_from:
+        train = train.model_copy(update={"resume_from": storage.absolute(train.resume_from)})
+    local = {
+        key: storage.absolute(value)
+        for key in ("model", "tokenizer")
+        if (value := getattr(student, key)) and Path(value).exists()  # not a hub id
+    }
+    student = student.model_copy(update=local)
     splits, skipped = load_splits(train, source)
     rows = {"train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test)}
     log.info("training rows %s from %s; skipped %s", rows, source, dict(skipped) or "none")
