@@ -83,9 +83,7 @@ def parse_request(raw: bytes, cfg: ServeConfig) -> PredictRequest:
             wrong field (type, empty input, too many items).
     """
     if len(raw) > cfg.max_body_bytes:
-        raise Rejection(
-            413, "body", f"request body over {cfg.max_body_bytes} bytes", "body_too_large"
-        )
+        raise body_too_large(cfg)
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -106,6 +104,11 @@ def parse_request(raw: bytes, cfg: ServeConfig) -> PredictRequest:
         if not text.strip():
             raise Rejection(422, f"inputs[{i}]", "empty input", "empty_input")
     return request
+
+
+def body_too_large(cfg: ServeConfig) -> Rejection:
+    """The 413 for a body over `max_body_bytes` (by its Content-Length or its actual size)."""
+    return Rejection(413, "body", f"request body over {cfg.max_body_bytes} bytes", "body_too_large")
 
 
 def check_lengths(token_counts: list[int], cfg: ServeConfig) -> None:

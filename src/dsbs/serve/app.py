@@ -31,6 +31,7 @@ from dsbs.serve.api import (
     PredictRequest,
     PredictResponse,
     Rejection,
+    body_too_large,
     check_lengths,
     parse_request,
 )
@@ -161,9 +162,7 @@ class StudentAPI:
         """Labels for `inputs` (and rationales when `rationale` is true), in order."""
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
-            return self._reject(
-                Rejection(413, "body", f"over {self.cfg.max_body_bytes} bytes", "body_too_large")
-            )
+            return self._reject(body_too_large(self.cfg))
         try:
             body = parse_request(await request.body(), self.cfg)
             predictions = await asyncio.wait_for(
