@@ -163,6 +163,16 @@ def read_bytes(uri: str) -> bytes:
         raise StorageError(f"{uri}: cannot read: {err}") from err
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = _current_umask()
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Writes `data` atomically: the target holds either its old content or all of `data`."""
     if is_s3(uri):
@@ -175,6 +185,9 @@ def write_bytes(uri: str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the
+        # umask), so reports and exports stay readable by whoever may read the run directory.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

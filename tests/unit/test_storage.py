@@ -136,3 +136,12 @@ def test_absolute_leaves_s3_alone_and_anchors_local_paths(tmp_path, monkeypatch)
     assert storage.absolute("s3://bucket/runs/demo") == "s3://bucket/runs/demo"
     assert storage.absolute("runs/demo") == str(tmp_path / "runs" / "demo")
     assert storage.absolute(str(tmp_path)) == str(tmp_path)
+
+
+def test_local_writes_get_the_mode_a_plain_open_would(tmp_path):
+    # mkstemp's 0600 would hide reports and exports from everyone but the writer.
+    target = tmp_path / "report" / "index.html"
+    storage.write_bytes(str(target), b"<html></html>")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
