@@ -23,7 +23,7 @@ from dsbs.config import Config, dump_config
 from dsbs.generate import GenerateSummary, generate_rationales
 from dsbs.records import read_records
 from dsbs.report import write_report
-from dsbs.rundir import current_rationales
+from dsbs.rundir import current_rationales, read_json
 from dsbs.serve.runner import start_serve, start_student, stop_student
 from dsbs.train.trainer import TrainSummary, train_student
 
@@ -94,7 +94,9 @@ def run_pipeline(cfg: Config) -> RunSummary:
     with _timed(timings, "evaluate"):
         # The training stage ends by scoring the export's weights on the held-out test split
         # with every rank; evaluation here reads those figures and the step history.
-        final = json.loads(storage.read_bytes(storage.join(trained.output, "metrics.json")))
+        final = read_json(storage.join(trained.output, "metrics.json"))
+        if final is None:
+            raise FileNotFoundError(f"{trained.output}: training finished without metrics.json")
         history = _history(trained.output)
     with _timed(timings, "serve"):
         questions = _smoke_inputs(cfg.train.data or current_rationales(run_dir))

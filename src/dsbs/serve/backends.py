@@ -55,7 +55,7 @@ class HFBackend:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each prefixed input, end-of-sequence included."""
-        return [len(ids) for ids in self.tokenizer(list(texts)).input_ids]
+        return count_tokens(self.tokenizer, texts)
 
     def generate(self, texts: Sequence[str], max_new_tokens: int) -> list[str]:
         """Greedy outputs, one per prefixed input (inputs truncated to the trained length)."""
@@ -89,7 +89,7 @@ class CTranslate2Backend:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each prefixed input, end-of-sequence included."""
-        return [len(ids) for ids in self.tokenizer(list(texts)).input_ids]
+        return count_tokens(self.tokenizer, texts)
 
     def generate(self, texts: Sequence[str], max_new_tokens: int) -> list[str]:
         """Greedy outputs, one per prefixed input (inputs truncated to the trained length)."""
@@ -113,6 +113,11 @@ class CTranslate2Backend:
             ).strip()
             for result in results
         ]
+
+
+def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text under `tokenizer`, end-of-sequence included (both backends')."""
+    return [len(ids) for ids in tokenizer(list(texts)).input_ids]
 
 
 def convert_to_ctranslate2(folder: str, cache_dir: str) -> Path:
