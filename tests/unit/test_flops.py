@@ -1,0 +1,65 @@
+"""The per-stack FLOP count against torch's own counter on a real tiny T5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dsbs.student.presets import build_config
+from dsbs.train.flops import forward_macs, train_flops
+
+
+@pytest.mark.parametrize(("encoder_tokens", "decoder_tokens"), [(12, 5), (40, 30)])
+def test_train_flops_equal_torch_counted_flops_of_forward_and_backward(
+    encoder_tokens, decoder_tokens
+):
+    from transformers import T5ForConditionalGeneration
+
+    config = build_config("t5-tiny", 300)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config)
+    batch = 3  # rows of equal length: no padding, so every computed token is a real one
+    input_ids = torch.randint(2, 300, (batch, encoder_tokens))
+    labels = torch.randint(2, 300, (batch, decoder_tokens))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=input_ids, labels=labels).loss.backward()
+    expected = train_flops(config, [(encoder_tokens, decoder_tokens)] * batch)
+    assert counter.get_total_flops() == pytest.approx(expected, rel=0.02)
+
+
+def test_per_stack_count_is_about_half_of_six_times_parameters_times_tokens():
+    from transformers import T5ForConditionalGeneration
+
+    config = build_config("t5-v1_1-large")
+    with torch.device("meta"):  # shapes only: no memory for 750M parameters
+        params = sum(p.numel() for p in T5ForConditionalGeneration(config).parameters())
+    naive = 6 * params * (256 + 64)  # a paper-like row: 256 input tokens, 64 target tokens
+    counted = train_flops(config, [(256, 64)])
+    assert 1.8 < naive / counted < 2.8
+    assert forward_macs(config, 256, 0) < forward_macs(config, 256, 64)
+
+
+@pytest.mark.slow
+def test_mfu_benchmark_runs_on_cpu_and_reports_its_figures():
+    """The GPU benchmark's own code path, on CPU with t5-tiny (real DeepSpeed, no GPU)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    args = ["--preset", "t5-tiny", "--device", "cpu", "--steps", "3", "--warmup", "1"]
+    args += ["--micro-batch", "2", "--input-len", "16", "--rationale-len", "12"]
+    out = subprocess.run(
+        [sys.executable, "benchmarks/train_mfu.py", *args, "--peak-tflops", "1.0"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["model_tflops_per_s"] > 0
+    assert result["mfu"] == pytest.approx(result["model_tflops_per_s"])
+    assert result["examples_per_s"] > 0
