@@ -26,23 +26,9 @@ import os
 import statistics
 import time
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
-"""Dense bf16 peak per GPU, from the vendors' data sheets (SXM parts)."""
 
-
-def _peak_tflops(device: str, given: float | None) -> float | None:
-    import torch
-
-    if given:
-        return given
-    if device != "cuda":
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
-def _batch(args: argparse.Namespace, vocab: int, generator) -> tuple[dict, list[tuple[int, int]]]:
-    """One distill_step_by_step batch with per-row lengths, and its (encoder, decoder) rows."""
+def _batch(args: argparse.Namespace, vocab: int, generator) -> dict:
+    """One distill_step_by_step batch, collated, with lengths drawn per row around the means."""
     import torch
 
     def lengths(mean: int) -> list[int]:
@@ -61,9 +47,7 @@ def _batch(args: argparse.Namespace, vocab: int, generator) -> tuple[dict, list[
 
     inputs = lengths(args.input_len)
     label_lens, rationale_lens = lengths(args.label_len), lengths(args.rationale_len)
-    batch = {"label": task(inputs, label_lens), "rationale": task(inputs, rationale_lens)}
-    rows = [*zip(inputs, label_lens, strict=True), *zip(inputs, rationale_lens, strict=True)]
-    return batch, rows
+    return {"label": task(inputs, label_lens), "rationale": task(inputs, rationale_lens)}
 
 
 def main() -> None:
@@ -96,8 +80,8 @@ def main() -> None:
     from dsbs.config import TrainConfig
     from dsbs.student.presets import build_config
     from dsbs.train.deepspeed_setup import build_optimizer, deepspeed_config
-    from dsbs.train.flops import train_flops
-    from dsbs.train.loss import multitask_loss
+    from dsbs.train.flops import peak_tflops, token_rows, train_flops
+    from dsbs.train.loss import multitask_loss, to_device
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     train = TrainConfig(
@@ -121,12 +105,12 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     times, flops = [], []
     for step in range(args.steps):
-        batch, rows = _batch(args, config.vocab_size, generator)
-        batch = {t: {k: v.to(engine.device) for k, v in part.items()} for t, part in batch.items()}
+        batch = _batch(args, config.vocab_size, generator)
+        rows = token_rows(batch)  # counted on the CPU copy, as the training loop does
         if on_gpu:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        losses = multitask_loss(engine, batch, train.alpha)
+        losses = multitask_loss(engine, to_device(batch, engine.device), train.alpha)
         engine.backward(losses.total)
         engine.step()
         if on_gpu:
@@ -135,7 +119,7 @@ def main() -> None:
             times.append(time.perf_counter() - started)
             flops.append(train_flops(config, rows))
     achieved = sum(flops) / sum(times) / 1e12
-    peak = _peak_tflops(args.device, args.peak_tflops)
+    peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name()) if on_gpu else None)
     result = {
         "preset": args.preset,
         "zero_stage": args.zero,

@@ -84,6 +84,8 @@ def _check_training(out_dir: str, steps: int) -> list[dict]:
     assert valid[-1]["rationale_loss"] < valid[0]["rationale_loss"]
     metrics = json.loads(storage.read_bytes(storage.join(out_dir, "metrics.json")))
     assert metrics["steps"] == steps and metrics["examples_per_s"] > 0
+    assert metrics["final_train"]["model_tflops_per_s"] > 0
+    assert "mfu" not in metrics["final_train"]  # no GPU peak to divide by on CPU
     assert metrics["rows"]["train"] > 0 and metrics["rows"]["skipped"] == {}
     assert metrics["test"]["rows"] > 0 and "label_accuracy" in metrics["test"]
     return history

@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dsbs.student.presets import build_config
-from dsbs.train.flops import forward_macs, train_flops
+from dsbs.train.flops import forward_macs, peak_tflops, token_rows, train_flops
+from dsbs.train.loss import to_device
 
 
 @pytest.mark.parametrize(("encoder_tokens", "decoder_tokens"), [(12, 5), (40, 30)])
@@ -26,6 +27,18 @@ def test_train_flops_equal_torch_counted_flops_of_forward_and_backward(
         model(input_ids=input_ids, labels=labels).loss.backward()
     expected = train_flops(config, [(encoder_tokens, decoder_tokens)] * batch)
     assert counter.get_total_flops() == pytest.approx(expected, rel=0.02)
+
+
+def test_token_rows_count_real_tokens_of_both_tasks_and_to_device_moves_them():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    batch = {
+        "label": {"attention_mask": mask, "labels": torch.tensor([[5, 1], [7, -100]])},
+        "rationale": {"attention_mask": mask, "labels": torch.tensor([[4, 4, 1], [1, -100, -100]])},
+    }
+    assert token_rows(batch) == [(3, 2), (4, 1), (3, 3), (4, 1)]
+    moved = to_device(batch, torch.device("meta"))
+    assert {t.device.type for part in moved.values() for t in part.values()} == {"meta"}
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("cpu") is None
 
 
 def test_per_stack_count_is_about_half_of_six_times_parameters_times_tokens():

@@ -15,11 +15,14 @@ is not counted, as in the usual definition of model FLOPs utilisation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 TRAIN_FACTOR = 3
 """Forward + backward in forward-pass units."""
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+"""Dense bf16 peak per GPU from the vendors' data sheets (SXM parts), matched by device name."""
 
 
 def forward_macs(config: Any, encoder_tokens: int, decoder_tokens: int) -> int:
@@ -51,3 +54,22 @@ def train_flops(config: Any, rows: Sequence[tuple[int, int]]) -> int:
     label task's and the rationale task's).
     """
     return 2 * TRAIN_FACTOR * sum(forward_macs(config, e, d) for e, d in rows)
+
+
+def token_rows(batch: Mapping[str, Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(encoder tokens, decoder tokens) of every row of a collated batch, both tasks.
+
+    Real tokens only: the attention mask's ones and the label ids that are not negative
+    (padded target positions hold the loss's ignore index, -100).
+    """
+    rows: list[tuple[int, int]] = []
+    for tensors in batch.values():
+        encoder = tensors["attention_mask"].sum(dim=1).tolist()
+        decoder = (tensors["labels"] >= 0).sum(dim=1).tolist()
+        rows.extend(zip(encoder, decoder, strict=True))
+    return rows
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU by its CUDA name, or None for one not in the table."""
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)

@@ -34,7 +34,8 @@ from dsbs.tasks import get_task
 from dsbs.train.deepspeed_setup import build_optimizer, deepspeed_config, lr_lambda
 from dsbs.train.evaluate import chunks, padded_slice, reference_label
 from dsbs.train.examples import IGNORE_INDEX, Collator, Example, length_grouped
-from dsbs.train.loss import multitask_loss
+from dsbs.train.flops import peak_tflops, token_rows, train_flops
+from dsbs.train.loss import multitask_loss, to_device
 
 log = logging.getLogger("dsbs.train")
 
@@ -94,6 +95,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     valid = [Example(**row) for row in spec.valid]
     shard = ray.train.get_dataset_shard("train")
     rows_per_step = train.micro_batch_size * train.grad_accum_steps * world
+    peak = peak_tflops(torch.cuda.get_device_name()) if train.use_gpu else None
     if rank == 0:
         log.info("training from step %d to %d on %d workers", state.step, train.max_steps, world)
     rng = random.Random(train.seed * 1_000_003 + state.step)  # noqa: S311 - data order
@@ -102,14 +104,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for batch in _micro_batches(shard, train, rng):
             engine.train()
             lr = engine.get_lr()[0]  # the rate this step uses; engine.step() advances it
-            losses = multitask_loss(engine, collator(batch), train.alpha)
+            tensors = collator(batch)
+            state.flops += train_flops(model.config, token_rows(tensors))  # this worker's
+            losses = multitask_loss(engine, to_device(tensors, engine.device), train.alpha)
             engine.backward(losses.total)
             engine.step()  # an optimizer step only every grad_accum_steps micro-batches
             if engine.global_steps == state.step:
                 continue
             state.step = engine.global_steps
             state.train_seconds += time.perf_counter() - started
-            state.record(state.step, losses, lr, rows_per_step, collator)
+            state.record(state.step, losses, lr, rows_per_step, collator, peak)
             if rank == 0 and (state.step % max(1, train.max_steps // 20) == 0):
                 log.info(
                     "step %d/%d: %s", state.step, train.max_steps, _describe(state.history[-1])
@@ -174,10 +178,15 @@ class _State:
     step: int = 0
     train_seconds: float = 0.0
     rows: int = 0
+    flops: float = 0.0
+    """Model FLOPs of this worker's training steps (src/dsbs/train/flops.py)."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def record(self, step: int, losses: Any, lr: float, rows: int, collator: Collator) -> None:
+    def record(
+        self, step: int, losses: Any, lr: float, rows: int, collator: Collator, peak: float | None
+    ) -> None:
         self.rows += rows
+        tflops = self.flops / max(self.train_seconds, 1e-9) / 1e12  # per worker (per GPU)
         row: dict[str, Any] = {
             "split": "train",
             "step": step,
@@ -185,11 +194,14 @@ class _State:
             "label_loss": losses.label_loss.item(),
             "lr": lr,
             "examples_per_s": self.rows / max(self.train_seconds, 1e-9),
+            "model_tflops_per_s": tflops,
             "train_seconds": self.train_seconds,
             "truncated": dict(collator.truncated),
         }
         if losses.rationale_loss is not None:
             row["rationale_loss"] = losses.rationale_loss.item()
+        if peak:
+            row["mfu"] = tflops / peak
         self.history.append(row)
 
 
@@ -288,13 +300,16 @@ class _Evaluator:
             strict=True,
         ):
             n_real = max(0, min(len(batch), real - offset))
-            tensors = self.collator(
-                {k: [getattr(e, k) for e in batch] for k in ("input", "label", "rationale")}
+            tensors = to_device(
+                self.collator(
+                    {k: [getattr(e, k) for e in batch] for k in ("input", "label", "rationale")}
+                ),
+                self.engine.device,
             )
             for t, task in enumerate(("label", "rationale")):
                 if task not in tensors:
                     continue
-                part = {k: v.to(self.engine.device) for k, v in tensors[task].items()}
+                part = tensors[task]
                 # Pad rows count for nothing; nor, in the rationale loss, rows without a
                 # rationale (a test set scored on gold labels has none).
                 counted = [

@@ -17,6 +17,13 @@ class Losses:
     rationale_loss: torch.Tensor | None
 
 
+def to_device(
+    batch: dict[str, dict[str, torch.Tensor]], device: torch.device
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A collated batch of both tasks on the model's device (DeepSpeed does not move inputs)."""
+    return {task: {k: v.to(device) for k, v in part.items()} for task, part in batch.items()}
+
+
 def multitask_loss(model: Any, batch: dict[str, dict[str, torch.Tensor]], alpha: float) -> Losses:
     """The total alpha * CE(label) + (1 - alpha) * CE(rationale), or the label CE alone.
 
