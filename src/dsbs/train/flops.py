@@ -1,7 +1,7 @@
 """Model FLOPs of a T5 training step, counted per stack over real (non-pad) tokens.
 
-The usual `6 x parameters x tokens` over-counts an encoder-decoder by 2-2.6x: every token
-does not pass through every parameter. Here encoder tokens pay for the encoder layers,
+The usual `6 x parameters x tokens` over-counts an encoder-decoder about 2x (1.9-2.0x for
+t5-v1_1-large and -xl at paper-like lengths): no token passes through every parameter. Here encoder tokens pay for the encoder layers,
 decoder tokens for the decoder layers and the output projection, and cross-attention's key
 and value projections run over the encoder tokens once per decoder layer. Attention scores
 and their weighted sums are counted over the real tokens of each row (a decoder's causal
@@ -22,7 +22,8 @@ TRAIN_FACTOR = 3
 """Forward + backward in forward-pass units."""
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
-"""Dense bf16 peak per GPU from the vendors' data sheets (SXM parts), matched by device name."""
+"""Dense bf16 peak per GPU from the vendors' data sheets (the SXM part where there are
+several), matched by a substring of the CUDA device name."""
 
 
 def forward_macs(config: Any, encoder_tokens: int, decoder_tokens: int) -> int:
