@@ -1,12 +1,13 @@
 """Model FLOPs of a T5 training step, counted per stack over real (non-pad) tokens.
 
 The usual `6 x parameters x tokens` over-counts an encoder-decoder about 2x (1.9-2.0x for
-t5-v1_1-large and -xl at paper-like lengths): no token passes through every parameter.
-Here encoder tokens pay for the encoder layers, decoder tokens for the decoder layers and the output projection, and cross-attention's key
-and value projections run over the encoder tokens once per decoder layer. Attention scores
-and their weighted sums are counted over the real tokens of each row (a decoder's causal
-attention as HF computes it, over the full square). Matrix products only: norms, softmax,
-dropout and the relative position bias are a fraction of a percent at these widths.
+t5-v1_1-large and -xl at paper-like lengths): no token passes through every parameter. Here
+encoder tokens pay for the encoder layers, decoder tokens for the decoder layers and the output
+projection, and cross-attention's key and value projections run over the encoder tokens once
+per decoder layer. Attention scores and their weighted sums are counted over the real tokens of
+each row (a decoder's causal attention as HF computes it, over the full square). Matrix
+products only: norms, softmax, dropout and the relative position bias are a fraction of a
+percent at these widths.
 
 A training step is 3x the forward pass (the backward computes gradients for both inputs and
 weights); recomputation under activation checkpointing is hardware work, not model FLOPs, and
