@@ -79,7 +79,11 @@ def main() -> None:
 
     from dsbs.config import TrainConfig
     from dsbs.student.presets import build_config
-    from dsbs.train.deepspeed_setup import build_optimizer, deepspeed_config
+    from dsbs.train.deepspeed_setup import (
+        apply_activation_checkpointing,
+        build_optimizer,
+        deepspeed_config,
+    )
     from dsbs.train.flops import peak_tflops, token_rows, train_flops
     from dsbs.train.loss import multitask_loss, to_device
 
@@ -95,9 +99,7 @@ def main() -> None:
     config = build_config(args.preset)
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(config)
-    if args.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+    apply_activation_checkpointing(model, train)
     optimizer = build_optimizer(train, model.parameters())
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(train)

@@ -36,6 +36,13 @@ def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
     }
 
 
+def apply_activation_checkpointing(model: Any, train: TrainConfig) -> None:
+    """Recompute each layer in the backward instead of keeping its activations, when asked."""
+    if train.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # the decoder's cache is useless and unsafe here
+
+
 def build_optimizer(train: TrainConfig, params: Any) -> torch.optim.Optimizer:
     """AdamW (the paper's), DeepSpeed's CPU Adam under optimizer offload, or Adafactor."""
     if train.optimizer == "adafactor":

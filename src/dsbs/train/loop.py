@@ -31,7 +31,12 @@ from dsbs.student.export import LABEL_PREFIX, RATIONALE_PREFIX, StudentInfo, sav
 from dsbs.student.model import build_student
 from dsbs.student.tokenizer import load_tokenizer
 from dsbs.tasks import get_task
-from dsbs.train.deepspeed_setup import build_optimizer, deepspeed_config, lr_lambda
+from dsbs.train.deepspeed_setup import (
+    apply_activation_checkpointing,
+    build_optimizer,
+    deepspeed_config,
+    lr_lambda,
+)
 from dsbs.train.evaluate import chunks, padded_slice, reference_label
 from dsbs.train.examples import IGNORE_INDEX, Collator, Example, length_grouped
 from dsbs.train.flops import peak_tflops, token_rows, train_flops
@@ -76,9 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(train.seed)  # same initial weights on every rank (ZeRO-3 partitions them)
     tokenizer = load_tokenizer(fetch_folder(spec.tokenizer_dir))
     model = build_student(student, len(tokenizer))
-    if train.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+    apply_activation_checkpointing(model, train)
     optimizer = build_optimizer(train, [p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
     engine, _, _, _ = deepspeed.initialize(
