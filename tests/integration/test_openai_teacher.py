@@ -22,8 +22,10 @@ from dsbs.config import load_config
 from dsbs.data.synth import synth
 from dsbs.generate import generate_rationales
 from dsbs.generate.pipeline import config_hash
+from dsbs.precision import resolve_dtype
 from dsbs.records import read_records
 from dsbs.teachers.base import Sampling, TeacherError, TeacherRequest
+from dsbs.teachers.client import complete_with_retries
 from dsbs.teachers.models import resolve_model
 from dsbs.teachers.openai import OpenAITeacher
 
@@ -51,7 +53,7 @@ def vllm_server():
             "--port",
             str(port),
             "--dtype",
-            "bfloat16",
+            resolve_dtype("auto", use_gpu=False),  # as a teacher replica would choose
             "--max-model-len",
             "2048",
             "--enforce-eager",
@@ -142,21 +144,23 @@ def _teacher_cfg(base_url: str, **extra):
 
 def test_completions_and_chat_through_a_recovering_endpoint(vllm_server):
     proxy = FlakyProxy(vllm_server, [503, 429])
-    teacher = OpenAITeacher(_teacher_cfg(proxy.base_url).teacher, max_concurrency=4)
+    teacher = OpenAITeacher(_teacher_cfg(proxy.base_url).teacher)
     sampling = Sampling(max_tokens=16, stop=("\nQ:",))
 
     async def run():
-        completion = await teacher.complete(
-            TeacherRequest("a", prompt="Q: 2 + 2?\nA:", sampling=sampling)
+        completion, attempts = await complete_with_retries(
+            teacher,
+            lambda n: TeacherRequest(f"a#{n}", prompt="Q: 2 + 2?\nA:", sampling=sampling),
+            max_retries=8,
         )
         chat = await teacher.complete(
             TeacherRequest("b", messages=(("user", "Say hi."),), sampling=sampling)
         )
         await teacher.aclose()
-        return completion, chat
+        return completion, attempts, chat
 
-    completion, chat = asyncio.run(run())
-    assert proxy.seen[:2] == [503, 429] and proxy.seen[2:] == [200, 200]
+    completion, attempts, chat = asyncio.run(run())
+    assert proxy.seen[:2] == [503, 429] and proxy.seen[2:] == [200, 200] and attempts == 3
     assert (
         completion.output_tokens > 0 and completion.prompt_tokens > 0 and len(completion.texts) == 1
     )
@@ -165,9 +169,13 @@ def test_completions_and_chat_through_a_recovering_endpoint(vllm_server):
 
 def test_gives_up_with_a_teacher_error_when_the_endpoint_stays_down(vllm_server):
     proxy = FlakyProxy(vllm_server, [503] * 10)
-    teacher = OpenAITeacher(_teacher_cfg(proxy.base_url, max_retries=2).teacher, max_concurrency=1)
+    teacher = OpenAITeacher(_teacher_cfg(proxy.base_url).teacher)
     with pytest.raises(TeacherError, match="gave up after 3 attempts"):
-        asyncio.run(teacher.complete(TeacherRequest("c", prompt="Q: hi\nA:")))
+        asyncio.run(
+            complete_with_retries(
+                teacher, lambda n: TeacherRequest(f"c#{n}", prompt="Q: hi\nA:"), max_retries=2
+            )
+        )
     assert proxy.seen == [503, 503, 503]
 
 

@@ -73,6 +73,10 @@ def test_teacher_request_styles_and_seeds():
         == teacher_request(cfg.teacher, "svamp", "id-1", "Q?", 3).sampling.seed
     )
     assert "\nQ:" in chat.sampling.stop
+    # Each attempt is its own engine request; the seed (and so the sample) stays the row's.
+    retry = teacher_request(cfg.teacher, "svamp", "id-1", "Q?", 3, attempt=2)
+    assert (chat.request_id, retry.request_id) == ("id-1#0", "id-1#2")
+    assert retry.sampling == chat.sampling and retry.timeout_s == cfg.teacher.request_timeout_s
     completion = teacher_request(
         cfg.teacher.model_copy(update={"prompt_style": "completion"}), "svamp", "id-1", "Q?", 1
     )
@@ -138,18 +142,19 @@ def test_with_retries_backs_off_then_gives_up(monkeypatch):
         sleeps.append(seconds)
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
-    calls = {"n": 0}
+    attempts = []
 
-    async def flaky():
-        calls["n"] += 1
-        if calls["n"] < 3:
+    async def flaky(attempt):
+        attempts.append(attempt)
+        if len(attempts) < 3:
             raise RetryableError("503")
         return "ok"
 
     assert asyncio.run(with_retries(flaky, max_retries=5, what="t")) == ("ok", 3)
+    assert attempts == [0, 1, 2]  # each attempt knows its number, for its own request id
     assert len(sleeps) == 2 and all(0 <= s <= 2 for s in sleeps)
 
-    async def always():
+    async def always(attempt):
         raise RetryableError("429")
 
     with pytest.raises(TeacherError, match="gave up after 3 attempts"):

@@ -1,10 +1,12 @@
 """The Ray Data side of generation: rows -> teacher requests -> teacher texts.
 
-`TeacherCaller` is an async callable class for `Dataset.map_batches`: one actor holds a
-bounded number of requests in flight (a semaphore) to the teacher, which is either the
-Serve deployment (through its handle) or an OpenAI-compatible URL. Failures are retried
-with backoff; a row whose teacher call finally fails comes back with an `error`, to be
-quarantined rather than failing the job.
+`TeacherCaller` is an async callable class for `Dataset.map_batches`: one actor keeps
+requests in flight to the teacher, which is either the Serve deployment (through its handle)
+or an OpenAI-compatible URL, as many as `InFlightLimit` finds the teacher answers in good
+time (at most `generate.max_in_flight`). Failures are retried with backoff, each attempt
+with its own request id; a row whose teacher call finally fails comes back with an `error`,
+to be quarantined rather than failing the job. Every second the actor posts its counts to
+the driver's `ProgressBoard`, so progress and overload warnings don't wait for a batch.
 
 Why not `ray.data.llm`'s `ServeDeploymentProcessorConfig`: it treats a lost replica as a
 fatal error for the whole batch (only ValueError/TypeError/ValidationError/TimeoutError are
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,8 +34,15 @@ from dsbs.teachers.base import (
     TeacherError,
     TeacherReply,
     TeacherRequest,
-    with_retries,
+    TeacherTimeout,
 )
+from dsbs.teachers.client import InFlightLimit, complete_with_retries
+
+REPORT_EVERY_S = 1.0
+"""Seconds between the caller's progress posts to the driver."""
+UNANSWERED_AFTER = 2.0
+"""The caller cancels an attempt the replica has not answered in this many times
+`teacher.request_timeout_s` (the replica itself aborts at 1x; this catches a hung replica)."""
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -44,6 +55,8 @@ OUTPUT_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
         ("error", pa.string()),
+        ("attempts", pa.int64()),
+        ("latency_s", pa.float64()),
     ]
 )
 
@@ -55,18 +68,32 @@ def sampling_for(cfg: TeacherConfig, num_samples: int, row_id: str) -> Sampling:
 
 
 def teacher_request(
-    cfg: TeacherConfig, task_name: str, row_id: str, input_text: str, num_samples: int
+    cfg: TeacherConfig,
+    task_name: str,
+    row_id: str,
+    input_text: str,
+    num_samples: int,
+    attempt: int = 0,
 ) -> TeacherRequest:
-    """The request for one input, in the configured prompt style."""
+    """The request for one attempt at one input, in the configured prompt style.
+
+    The request id names the attempt (`ID#0`, `ID#1`, ...): an engine that still knows an
+    earlier attempt would refuse a second request under the same id. The sampling seed
+    comes from the row id alone, so a retry samples what the first attempt would have.
+    """
     task = get_task(task_name)
-    sampling = sampling_for(cfg, num_samples, row_id)
+    common: dict[str, Any] = {
+        "request_id": f"{row_id}#{attempt}",
+        "sampling": sampling_for(cfg, num_samples, row_id),
+        "timeout_s": cfg.request_timeout_s,
+    }
     if cfg.prompt_style == "chat":
-        return TeacherRequest(row_id, messages=build_messages(task, input_text), sampling=sampling)
-    return TeacherRequest(row_id, prompt=build_prompt(task, input_text), sampling=sampling)
+        return TeacherRequest(messages=build_messages(task, input_text), **common)
+    return TeacherRequest(prompt=build_prompt(task, input_text), **common)
 
 
 class ServeTeacher:
-    """A `Teacher` that forwards to the teacher deployment through its handle."""
+    """A `Teacher` that forwards one attempt to the teacher deployment through its handle."""
 
     def __init__(self, app_name: str, deployment_name: str, cfg: TeacherConfig) -> None:
         from ray import serve
@@ -74,17 +101,29 @@ class ServeTeacher:
         self.handle = serve.get_deployment_handle(deployment_name, app_name)
         self.cfg = cfg
 
-    async def _once(self, request: TeacherRequest) -> TeacherReply:
+    async def complete(self, request: TeacherRequest) -> TeacherReply:
+        """One attempt. The replica enforces `request.timeout_s` and aborts in the engine.
+
+        Raises:
+            TeacherTimeout: the replica timed the request out, or never answered (then the
+                call is cancelled, which aborts it on the replica if it ever started).
+            RetryableError: a replica died or is unavailable.
+            TeacherError: the request itself is bad.
+        """
         import ray.exceptions
         from ray.serve.exceptions import RayServeException
 
+        response = self.handle.complete.remote(request)
+        unanswered = UNANSWERED_AFTER * self.cfg.request_timeout_s
         try:
-            return await asyncio.wait_for(
-                self.handle.complete.remote(request), self.cfg.request_timeout_s
-            )
+            return await asyncio.wait_for(response, unanswered)
         except asyncio.TimeoutError as err:
-            raise RetryableError(f"no answer in {self.cfg.request_timeout_s} s") from err
+            # Awaiting with a timeout does not stop the replica's work; cancelling does.
+            response.cancel()
+            raise TeacherTimeout(f"no answer from the teacher in {unanswered} s") from err
         except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, TeacherTimeout):
+                raise TeacherTimeout(str(err.cause)) from err
             if isinstance(err.cause, ValueError | TypeError):  # a bad request: retrying won't help
                 raise TeacherError(str(err.cause)) from err
             raise RetryableError(f"{type(err.cause).__name__}: {err.cause}") from err
@@ -92,68 +131,91 @@ class ServeTeacher:
             # A replica died or is unavailable: Serve starts another; try again after a pause.
             raise RetryableError(f"{type(err).__name__}: {str(err)[:200]}") from err
 
-    async def complete(self, request: TeacherRequest) -> TeacherReply:
-        """One request, retried with backoff while replicas come and go."""
-        reply, _ = await with_retries(
-            lambda: self._once(request),
-            self.cfg.max_retries,
-            f"teacher request {request.request_id}",
-        )
-        return reply
-
     async def check_health(self) -> None:
         """The deployment's own health is Serve's business; nothing to check from here."""
 
 
 class TeacherCaller:
-    """`map_batches` UDF: sends each row to the teacher, at most `max_in_flight` at a time."""
+    """`map_batches` UDF: sends each row to the teacher within an adaptive in-flight limit."""
 
     def __init__(
-        self, cfg: TeacherConfig, num_samples: int, max_in_flight: int, app_name: str
+        self,
+        cfg: TeacherConfig,
+        num_samples: int,
+        max_in_flight: int,
+        app_name: str,
+        board: Any = None,
     ) -> None:
         self.cfg = cfg
         self.num_samples = num_samples
         self.max_in_flight = max_in_flight
         self.app_name = app_name
+        self.board = board
+        """A `ProgressBoard` actor handle, or None."""
+        self.answered = 0
+        self._name = uuid.uuid4().hex[:8]
         # Created on first use, inside the actor's event loop (Ray Data runs one per actor).
         self._teacher: Teacher | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._limit: InFlightLimit | None = None
 
-    def _client(self) -> Teacher:
-        if self._teacher is None:
+    def _client(self) -> tuple[Teacher, InFlightLimit]:
+        if self._teacher is None or self._limit is None:
             if self.cfg.engine == "openai":
                 from dsbs.teachers.openai import OpenAITeacher
 
-                self._teacher = OpenAITeacher(self.cfg, self.max_in_flight)
+                self._teacher = OpenAITeacher(self.cfg)
             else:
                 from dsbs.generate.deployment import DEPLOYMENT_NAME
 
                 self._teacher = ServeTeacher(self.app_name, DEPLOYMENT_NAME, self.cfg)
-            self._slots = asyncio.Semaphore(self.max_in_flight)
-        return self._teacher
+            self._limit = InFlightLimit(self.max_in_flight, self.cfg.request_timeout_s)
+            if self.board is not None:
+                asyncio.get_running_loop().create_task(self._report_forever())
+        return self._teacher, self._limit
+
+    async def _report_forever(self) -> None:
+        assert self._limit is not None
+        while True:
+            self.board.update.remote(
+                self._name, {**self._limit.snapshot(), "answered": self.answered}
+            )
+            await asyncio.sleep(REPORT_EVERY_S)
 
     async def _one(self, row: dict[str, Any]) -> dict[str, Any]:
-        teacher = self._client()
-        assert self._slots is not None
-        out = {name: row.get(name) for name in ("id", "task", "input", "label", "meta")}
-        request = teacher_request(self.cfg, row["task"], row["id"], row["input"], self.num_samples)
+        teacher, limit = self._client()
+        started = time.monotonic()
+        attempts = 0
+
+        def request_for(attempt: int) -> TeacherRequest:
+            nonlocal attempts
+            attempts = attempt + 1
+            return teacher_request(
+                self.cfg, row["task"], row["id"], row["input"], self.num_samples, attempt
+            )
+
+        texts: list[str] = []
+        prompt_tokens = output_tokens = 0
+        error = None
         try:
-            async with self._slots:
-                reply = await teacher.complete(request)
+            reply, _ = await complete_with_retries(
+                teacher, request_for, self.cfg.max_retries, limit, what=f"row {row['id']}"
+            )
+            texts, prompt_tokens, output_tokens = (
+                list(reply.texts),
+                reply.prompt_tokens,
+                reply.output_tokens,
+            )
         except TeacherError as err:
-            return {
-                **out,
-                "texts": [],
-                "prompt_tokens": 0,
-                "output_tokens": 0,
-                "error": str(err)[:1000],
-            }
+            error = str(err)[:1000]
+        self.answered += 1
         return {
-            **out,
-            "texts": list(reply.texts),
-            "prompt_tokens": reply.prompt_tokens,
-            "output_tokens": reply.output_tokens,
-            "error": None,
+            **{name: row.get(name) for name in ("id", "task", "input", "label", "meta")},
+            "texts": texts,
+            "prompt_tokens": prompt_tokens,
+            "output_tokens": output_tokens,
+            "error": error,
+            "attempts": attempts,
+            "latency_s": time.monotonic() - started,
         }
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:

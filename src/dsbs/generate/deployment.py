@@ -24,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from dsbs.config import TeacherConfig, load_config
-from dsbs.teachers.base import Sampling, Teacher, TeacherError, TeacherReply, TeacherRequest
+from dsbs.teachers.base import (
+    Sampling,
+    Teacher,
+    TeacherError,
+    TeacherReply,
+    TeacherRequest,
+    TeacherTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +104,35 @@ class TeacherServer:
     ) -> None:
         self.model_name = cfg.model
         self.teacher = loader(cfg)
+        self._running: set[str] = set()
 
     async def complete(self, request: TeacherRequest) -> TeacherReply:
-        """The handle method the generate stage calls."""
-        return await self.teacher.complete(request)
+        """The handle method the generate stage calls.
+
+        The request's `timeout_s` is enforced here, from the moment this replica starts the
+        request (time spent queued at the caller or in Serve's router does not count), and
+        a request past it is aborted in the engine before the caller hears of the timeout:
+        so a retry never runs beside its first attempt. A caller that gives up (Serve
+        cancels this coroutine) aborts it the same way; vLLM's `generate` aborts a request
+        whose consumer is cancelled.
+
+        Raises:
+            TeacherTimeout: the engine did not finish within `request.timeout_s`.
+        """
+        self._running.add(request.request_id)
+        try:
+            return await asyncio.wait_for(self.teacher.complete(request), request.timeout_s)
+        except asyncio.TimeoutError as err:
+            raise TeacherTimeout(
+                f"request {request.request_id}: no answer within {request.timeout_s} s of "
+                "starting it; aborted in the engine"
+            ) from err
+        finally:
+            self._running.discard(request.request_id)
+
+    async def running(self) -> list[str]:
+        """Ids of the requests this replica is working on (for operators and tests)."""
+        return sorted(self._running)
 
     async def check_health(self) -> None:
         """Serve's health check: raises (so Serve replaces the replica) if the engine died."""
@@ -175,8 +207,10 @@ class TeacherServer:
         }
 
 
-def teacher_app(cfg: TeacherConfig) -> serve.Application:
-    """The deployment bound to a config, with autoscaling and resources from it."""
+def teacher_app(
+    cfg: TeacherConfig, loader: Callable[[TeacherConfig], Teacher] = load_teacher
+) -> serve.Application:
+    """The deployment bound to a config (and an engine loader), scaled and placed by it."""
     return TeacherServer.options(  # type: ignore[attr-defined]
         autoscaling_config={
             "min_replicas": cfg.min_replicas,
@@ -192,7 +226,7 @@ def teacher_app(cfg: TeacherConfig) -> serve.Application:
         health_check_period_s=10,
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=30,
-    ).bind(cfg)
+    ).bind(cfg, loader)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

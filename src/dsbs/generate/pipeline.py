@@ -3,7 +3,8 @@
     inputs (records or raw task rows; jsonl/parquet/csv/HF; local or s3://)
       -> [driver] input records with unique ids, bad rows quarantined   (inputs.py)
       -> [Ray Data] read shards -> skip ids already done -> TeacherCaller (Serve handle or
-         OpenAI URL, bounded in flight)                                   (caller.py)
+         OpenAI URL, in flight adapted to the teacher's latency)          (caller.py)
+      -> [driver] a bar per answered row, overload warnings               (progress.py)
       -> [driver] vote / parse / filter -> atomic parquet shards        (finalize.py)
 
 Exactly once: the driver is the only writer; every shard is written atomically and holds
@@ -22,6 +23,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -40,6 +42,7 @@ from dsbs.generate.finalize import (
     finalize,
 )
 from dsbs.generate.inputs import Inputs, prepare_inputs, quarantine_row
+from dsbs.generate.progress import ProgressBoard, ProgressWatch
 from dsbs.records import Record, write_records
 from dsbs.rundir import generate_dir, generate_root, write_json
 from dsbs.tasks import Task, get_task
@@ -68,6 +71,12 @@ class GenerateSummary:
     quarantined: dict[str, int]
     teacher_calls: int
     """Inputs sent to the teacher in this run (not counting retries)."""
+    retries: int
+    """Attempts beyond the first, over this run's inputs."""
+    timeouts: int
+    """Attempts that timed out (and were aborted in the engine) in this run."""
+    in_flight: int
+    """Requests in flight at the end, as the adaptive limit left it."""
     skipped: int
     """Inputs already done by an earlier run of the same config."""
     parse_rate: float
@@ -81,9 +90,11 @@ class GenerateSummary:
         gold = "n/a" if self.agreement_with_gold is None else f"{self.agreement_with_gold:.1%}"
         return (
             f"generate: {self.rows_in} rows in, {self.written} written, quarantined: {reasons}; "
-            f"{self.teacher_calls} teacher calls ({self.skipped} rows already done); "
+            f"{self.teacher_calls} teacher calls ({self.skipped} rows already done, "
+            f"{self.retries} retries, {self.timeouts} timeouts); "
             f"parse rate {self.parse_rate:.1%}, agreement with gold {gold}; "
-            f"{self.output_tokens_per_s:.1f} output tokens/s; {self.wall_time_s:.1f} s "
+            f"{self.output_tokens_per_s:.1f} output tokens/s at {self.in_flight} in flight; "
+            f"{self.wall_time_s:.1f} s "
             f"-> {self.output}"
         )
 
@@ -191,16 +202,16 @@ def _check_budget(errors: int, total: int, max_fraction: float, out_dir: str) ->
         )
 
 
-def _deploy_teacher(teacher: TeacherConfig) -> None:
+def _deploy_teacher(teacher: TeacherConfig, loader: Callable[[TeacherConfig], Any] | None) -> None:
     from ray import serve
 
-    from dsbs.generate.deployment import APP_NAME, teacher_app
+    from dsbs.generate.deployment import APP_NAME, load_teacher, teacher_app
 
     log.info(
         "starting the teacher (%s) in Ray Serve; loading the model takes a while", teacher.model
     )
     try:
-        serve.run(teacher_app(teacher), name=APP_NAME, route_prefix=None)
+        serve.run(teacher_app(teacher, loader or load_teacher), name=APP_NAME, route_prefix=None)
     except Exception as err:
         raise GenerationError(f"the teacher deployment did not start: {err}") from err
 
@@ -217,7 +228,7 @@ def _read_not_done(batch: Any, done: frozenset[str]) -> Any:
 
 
 def _stream(
-    teacher: TeacherConfig, generate: GenerateConfig, inputs: Inputs, done: set[str]
+    teacher: TeacherConfig, generate: GenerateConfig, inputs: Inputs, done: set[str], board: Any
 ) -> Any:
     """The Ray Data pipeline: input shards -> not yet done -> teacher texts (lazy)."""
     import ray.data
@@ -228,7 +239,7 @@ def _stream(
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows one bar
     # Ray Data runs up to 4 batches of one block at once on an async actor, so a batch of a
     # quarter of max_in_flight lets even a single input shard fill the teacher; more shards
-    # run side by side on the actor (the semaphore keeps the total at max_in_flight).
+    # run side by side on the actor (its InFlightLimit keeps the total at most max_in_flight).
     batch_size = max(1, math.ceil(generate.max_in_flight / ASYNC_BATCHES_PER_TASK))
     calls = math.ceil(generate.max_in_flight / batch_size) + 1
     # The shard list goes in as items and each task reads its shard through dsbs.storage:
@@ -246,6 +257,7 @@ def _stream(
                 "num_samples": generate.num_samples,
                 "max_in_flight": generate.max_in_flight,
                 "app_name": APP_NAME,
+                "board": board,
             },
             batch_size=batch_size,
             batch_format="pyarrow",
@@ -286,6 +298,7 @@ def generate_rationales(
     generate: GenerateConfig,
     run_dir: str,
     ray_address: str | None = None,
+    teacher_loader: Callable[[TeacherConfig], Any] | None = None,
 ) -> GenerateSummary:
     """Runs (or resumes) rationale generation into `run_dir/generate/<hash>/`.
 
@@ -295,6 +308,8 @@ def generate_rationales(
         generate: self-consistency, filters, in-flight bound, shard size, error budget.
         run_dir: the run directory (local or s3://).
         ray_address: a Ray cluster to join; None joins the job's cluster or starts one.
+        teacher_loader: builds the engine inside each teacher replica (engine=vllm); None is
+            vLLM. Tests pass a small real engine of their own.
 
     Returns:
         The summary (also written to stats.json and manifest.json).
@@ -322,16 +337,24 @@ def generate_rationales(
     _check_budget(errors, total, generate.max_error_fraction, out_dir)
     skipped = len(done) - inputs.bad
     todo = inputs.rows - skipped
-    calls, output_tokens = 0, 0
+    calls, output_tokens, retries = 0, 0, 0
+    latencies: list[float] = []
+    load: dict[str, Any] = {"timeouts": 0, "limit": 0}
     if todo > 0:
         ensure_ray(ray_address)
         if teacher.engine == "vllm":
-            _deploy_teacher(teacher)
+            _deploy_teacher(teacher, teacher_loader)
+        import ray
+
         writer = _Writer(out_dir, generate.shard_rows)
         streaming_since = time.monotonic()
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
         try:
-            with tqdm(total=todo, desc="generate", unit="row") as bar:
-                for batch in _stream(teacher, generate, inputs, done).iter_batches(
+            with (
+                tqdm(total=todo, desc="generate", unit="row") as bar,
+                ProgressWatch(board, bar, teacher.request_timeout_s) as watch,
+            ):
+                for batch in _stream(teacher, generate, inputs, done, board).iter_batches(
                     batch_size=None, batch_format="pyarrow"
                 ):
                     for row in batch.to_pylist():
@@ -340,11 +363,13 @@ def generate_rationales(
                         done.add(row["id"])
                         calls += 1
                         output_tokens += row["output_tokens"] or 0
+                        retries += row["attempts"] - 1
+                        latencies.append(row["latency_s"])
                         record, bad = _outcome_for(task, row, generate.require_gold_match)
                         errors += bad is not None and bad["reason"] in ERROR_REASONS
                         writer.add(record, bad)
-                        bar.update(1)
                     _check_budget(errors, total, generate.max_error_fraction, out_dir)
+            load = watch.last
         finally:
             writer.flush()
             if teacher.engine == "vllm" and not teacher.keep_running:
@@ -356,7 +381,10 @@ def generate_rationales(
     wall = time.monotonic() - started
     # Throughput counts the streaming phase only: engine start-up is reported separately.
     streaming = time.monotonic() - streaming_since if todo > 0 else 0.0
-    summary = _write_stats(task, out_dir, inputs, calls, skipped, output_tokens, wall, streaming)
+    this_run = RunCounts(
+        calls, skipped, retries, load["timeouts"], load["limit"], output_tokens, latencies
+    )
+    summary = _write_stats(task, out_dir, inputs, this_run, wall, streaming)
     write_json(
         storage.join(generate_root(run_dir), "manifest.json"),
         {"config_hash": digest, "output": out_dir},
@@ -365,15 +393,27 @@ def generate_rationales(
     return summary
 
 
+@dataclass(frozen=True)
+class RunCounts:
+    """What this run (not earlier runs of the same config) did with the teacher."""
+
+    calls: int
+    skipped: int
+    retries: int
+    timeouts: int
+    in_flight: int
+    output_tokens: int
+    latencies: list[float]
+    """Seconds from each input's first attempt to its answer, retries included."""
+
+
+def _percentile(values: list[float], share: float) -> float | None:
+    ordered = sorted(values)
+    return ordered[int(share * (len(ordered) - 1))] if ordered else None
+
+
 def _write_stats(
-    task: Task,
-    out_dir: str,
-    inputs: Inputs,
-    calls: int,
-    skipped: int,
-    output_tokens: int,
-    wall: float,
-    streaming: float,
+    task: Task, out_dir: str, inputs: Inputs, run: RunCounts, wall: float, streaming: float
 ) -> GenerateSummary:
     """Counts over the whole output (every run of this config), throughput for this run."""
     written = correct = with_gold = prompt_total = output_total = 0
@@ -404,11 +444,14 @@ def _write_stats(
         rows_in=inputs.rows + inputs.bad,
         written=written,
         quarantined=dict(by_reason),
-        teacher_calls=calls,
-        skipped=skipped,
+        teacher_calls=run.calls,
+        retries=run.retries,
+        timeouts=run.timeouts,
+        in_flight=run.in_flight,
+        skipped=run.skipped,
         parse_rate=(written + by_reason[GOLD_MISMATCH]) / answered if answered else 0.0,
         agreement_with_gold=correct / with_gold if with_gold else None,
-        output_tokens_per_s=output_tokens / streaming if streaming > 0 else 0.0,
+        output_tokens_per_s=run.output_tokens / streaming if streaming > 0 else 0.0,
         wall_time_s=wall,
     )
     stats = {
@@ -421,9 +464,14 @@ def _write_stats(
         "prompt_tokens": prompt_total,
         "output_tokens": output_total,
         "this_run": {
-            "teacher_calls": calls,
+            "teacher_calls": run.calls,
             "skipped_already_done": summary.skipped,
-            "output_tokens": output_tokens,
+            "retries": run.retries,
+            "timeouts": run.timeouts,
+            "in_flight_at_end": run.in_flight,
+            "latency_p50_s": _percentile(run.latencies, 0.5),
+            "latency_p90_s": _percentile(run.latencies, 0.9),
+            "output_tokens": run.output_tokens,
             "output_tokens_per_s": summary.output_tokens_per_s,
             "streaming_s": streaming,
             "wall_time_s": wall,

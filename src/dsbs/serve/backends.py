@@ -5,6 +5,8 @@ does not know which one runs. vLLM no longer runs encoder-decoder models, hence 
 
 CTranslate2 converts the export once per node (cached beside the other models) and quantizes
 at load: int8 on CPU, bfloat16 on GPU. Never float16: T5's activations overflow in it.
+bfloat16 only where the GPU computes it natively (`dsbs.precision`), float32 elsewhere; on
+CPU the HF backend stays float32, the precision the student was trained in there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 from dsbs.config import ServeConfig
 from dsbs.model_cache import cache_root, fetch_folder, is_ready, publish
+from dsbs.precision import native_bf16
 from dsbs.student.decode import generate_texts
 from dsbs.student.export import StudentInfo, load_student, read_student_info
 
@@ -41,13 +44,13 @@ class Backend(Protocol):
 
 
 class HFBackend:
-    """`AutoModelForSeq2SeqLM.generate`: fp32 on CPU, bf16 on GPU."""
+    """`AutoModelForSeq2SeqLM.generate`: fp32 on CPU, bf16 on a GPU that has it natively."""
 
     def __init__(self, folder: str, cfg: ServeConfig, cache_dir: str) -> None:
         import torch
 
         use_gpu = cfg.num_gpus > 0
-        dtype = torch.bfloat16 if use_gpu else torch.float32
+        dtype = torch.bfloat16 if use_gpu and native_bf16(True)[0] else torch.float32
         self.model, self.tokenizer, self.info = load_student(folder, cache_dir, dtype=dtype)
         if use_gpu:
             self.model.to("cuda")
@@ -77,7 +80,9 @@ class CTranslate2Backend:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         converted = convert_to_ctranslate2(folder, cache_dir)
         if compute_type == "auto":
-            compute_type = "bfloat16" if use_gpu else "int8"
+            compute_type = (
+                ("bfloat16" if native_bf16(True)[0] else "float32") if use_gpu else "int8"
+            )
         self.translator = ctranslate2.Translator(
             str(converted),
             device="cuda" if use_gpu else "cpu",

@@ -39,6 +39,9 @@ class TeacherRequest:
     messages: tuple[tuple[str, str], ...] | None = None
     """(role, content) pairs; the engine applies the model's chat template."""
     sampling: Sampling = field(default_factory=Sampling)
+    timeout_s: float | None = None
+    """Seconds the engine may work on this request once it has started it; past them the
+    request is aborted in the engine and fails with `TeacherTimeout`. None: no limit."""
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -74,6 +77,10 @@ class RetryableError(RuntimeError):
     """A failure worth another try (429, 5xx, timeout, a replica that went away)."""
 
 
+class TeacherTimeout(RetryableError):
+    """One attempt ran out of time; its work in the engine was aborted (or never started)."""
+
+
 def backoff_delay(attempt: int, base_s: float = 1.0, cap_s: float = 30.0) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)].
 
@@ -85,16 +92,18 @@ def backoff_delay(attempt: int, base_s: float = 1.0, cap_s: float = 30.0) -> flo
 
 
 async def with_retries(
-    call: Callable[[], Awaitable[T]], max_retries: int, what: str, base_s: float = 1.0
+    call: Callable[[int], Awaitable[T]], max_retries: int, what: str, base_s: float = 1.0
 ) -> tuple[T, int]:
-    """Awaits `call()`, retrying `RetryableError`s with backoff; returns (result, attempts).
+    """Awaits `call(attempt)`, retrying `RetryableError`s with backoff; returns (result, attempts).
+
+    `attempt` counts from 0, so that each attempt can carry its own request id.
 
     Raises:
         TeacherError: after `max_retries` retries, or at once for a non-retryable error.
     """
     for attempt in range(max_retries + 1):
         try:
-            return await call(), attempt + 1
+            return await call(attempt), attempt + 1
         except RetryableError as err:
             if attempt == max_retries:
                 raise TeacherError(f"{what}: gave up after {attempt + 1} attempts: {err}") from err

@@ -2,11 +2,13 @@
 
 That covers vLLM's own OpenAI server, dsbs's long-lived teacher Serve app, and hosted APIs.
 The API key is read from the environment variable the config names, never from config.
+`complete` is one attempt; retries and the in-flight limit are the caller's
+(`dsbs.teachers.client`). A timed-out attempt closes its connection, which vLLM's server
+(and Serve's proxy) take as the signal to abort the request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
@@ -18,7 +20,7 @@ from dsbs.teachers.base import (
     TeacherError,
     TeacherReply,
     TeacherRequest,
-    with_retries,
+    TeacherTimeout,
 )
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -27,18 +29,20 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 class OpenAITeacher:
     """A `Teacher` calling `/completions` (prompts) or `/chat/completions` (messages)."""
 
-    def __init__(self, cfg: TeacherConfig, max_concurrency: int) -> None:
+    def __init__(self, cfg: TeacherConfig) -> None:
         if not cfg.base_url:
             raise ValueError("teacher.base_url is required for the openai engine")
         self.base_url = cfg.base_url.rstrip("/")
         self.model = cfg.model
-        self.max_retries = cfg.max_retries
         key = os.environ.get(cfg.api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.AsyncClient(headers=headers, timeout=cfg.request_timeout_s)
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self.attempts = 0
-        """HTTP requests sent, retries included (for stats and tests)."""
+        self.timeout_s = cfg.request_timeout_s
+        # No pool limit: the caller's InFlightLimit decides how many requests are open.
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=cfg.request_timeout_s,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+        )
 
     def _body(self, request: TeacherRequest) -> tuple[str, dict[str, Any]]:
         s = request.sampling
@@ -60,11 +64,11 @@ class OpenAITeacher:
         return "/completions", body
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.attempts += 1
         try:
-            async with self._slots:
-                response = await self._client.post(self.base_url + path, json=body)
-        except (httpx.TimeoutException, httpx.TransportError) as err:
+            response = await self._client.post(self.base_url + path, json=body)
+        except httpx.TimeoutException as err:
+            raise TeacherTimeout(f"no answer from {path} in {self.timeout_s} s") from err
+        except httpx.TransportError as err:
             raise RetryableError(f"{type(err).__name__}: {err}") from err
         if response.status_code in RETRYABLE_STATUS:
             raise RetryableError(f"HTTP {response.status_code}: {response.text[:200]}")
@@ -76,11 +80,9 @@ class OpenAITeacher:
             raise RetryableError(f"response is not JSON: {response.text[:200]}") from err
 
     async def complete(self, request: TeacherRequest) -> TeacherReply:
-        """One request, with retries on 429/5xx/timeouts (backoff with jitter)."""
+        """One attempt; 429/5xx/timeouts raise `RetryableError`, other 4xx `TeacherError`."""
         path, body = self._body(request)
-        data, _ = await with_retries(
-            lambda: self._post(path, body), self.max_retries, f"{self.base_url}{path}"
-        )
+        data = await self._post(path, body)
         try:
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             if path == "/chat/completions":

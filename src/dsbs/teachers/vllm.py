@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from dsbs.config import TeacherConfig
+from dsbs.precision import resolve_dtype
 from dsbs.teachers.base import Sampling, TeacherReply, TeacherRequest
 from dsbs.teachers.models import resolve_model
 
@@ -22,10 +23,13 @@ CPU_MEMORY_UTILIZATION = 0.5
 
 
 def engine_args(cfg: TeacherConfig) -> dict[str, Any]:
-    """The AsyncEngineArgs keyword arguments for a teacher config (model resolved)."""
+    """The AsyncEngineArgs keyword arguments for a teacher config (model and dtype resolved).
+
+    Call it where the engine runs: `dtype: auto` looks at this machine's CPU or GPU.
+    """
     return {
         "model": resolve_model(cfg.model, cfg.cache_dir),
-        "dtype": cfg.dtype,
+        "dtype": resolve_dtype(cfg.dtype, cfg.use_gpu),
         "max_model_len": cfg.max_model_len,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization
@@ -77,7 +81,12 @@ class VllmTeacher:
         )
 
     async def complete(self, request: TeacherRequest) -> TeacherReply:
-        """Runs one request through the engine's continuous batching."""
+        """Runs one request through the engine's continuous batching.
+
+        Cancelling this coroutine aborts the request in the engine: vLLM's `generate` calls
+        `abort(request_id)` when its consumer is cancelled, which is how a timed-out or
+        abandoned request stops costing the engine anything.
+        """
         prompt = await self._prompt_text(request)
         final = None
         async for output in self.engine.generate(

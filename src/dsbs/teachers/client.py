@@ -1,0 +1,173 @@
+"""The caller's side of a teacher: how many requests to keep in flight, and retries.
+
+A fixed number of requests in flight is either too few for a fast teacher or too many for a
+slow one. Too many is the dangerous side: every request waits behind the others, latency
+passes the timeout, and retried requests pile more work onto an engine that is still busy
+with their first attempts (a congestion collapse; issue: 64 requests against a CPU teacher
+that needed 600 s each). `InFlightLimit` therefore adapts, as TCP's congestion window does,
+to one signal every engine gives: how long answers take against the timeout.
+
+- It starts low and doubles per round trip while answers come back within a quarter of the
+  timeout (slow start), then adds one request per round trip while they stay under half.
+- An answer slower than half the timeout cuts the limit to `limit * target / latency`: for
+  an engine that is saturated, latency grows in proportion to the requests it holds
+  (Little's law), so that is the load at which answers take half the timeout.
+- A timeout halves it. Cuts happen at most once per round trip: answers to requests sent
+  before a cut still show the load before it.
+
+So a slow teacher makes the stage slow, never wasteful: at most `generate.max_in_flight`,
+and in practice as many as the engine answers within half of `teacher.request_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from dsbs.teachers.base import (
+    Teacher,
+    TeacherReply,
+    TeacherRequest,
+    TeacherTimeout,
+    with_retries,
+)
+
+INITIAL_IN_FLIGHT = 8
+"""Requests in flight before any answer came back; slow start doubles it per round trip."""
+LATENCY_TARGET = 0.5
+"""Answers should take at most this share of the timeout: room for the slow ones (long
+outputs, a replica restarting) before any times out."""
+SLOW_START_END = 0.25
+"""Slow start (doubling) ends once answers take this share of the timeout; doubling from
+there at most doubles latency, which keeps it under half the timeout."""
+RECENT = 64
+"""Answers whose latencies make the reported percentiles."""
+
+
+class InFlightLimit:
+    """An adaptive bound on requests in flight to one teacher (see the module docstring)."""
+
+    def __init__(
+        self,
+        maximum: int,
+        timeout_s: float,
+        initial: int = INITIAL_IN_FLIGHT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.maximum = maximum
+        self._clock = clock
+        self.target_s = LATENCY_TARGET * timeout_s
+        self.slow_start_end_s = SLOW_START_END * timeout_s
+        self.limit = float(min(maximum, initial))
+        self.in_flight = 0
+        self._waiting = 0  # attempts waiting for room
+        self.timeouts = 0
+        self.latencies: deque[float] = deque(maxlen=RECENT)
+        self._slow_start = True
+        self._sent = 0  # requests let through so far; numbers order requests against cuts
+        self._cut_at = 0  # `_sent` when the limit was last cut
+        self._started: dict[int, float] = {}  # in-flight request number -> start time
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Waits for room, then holds one place for the body: one attempt of one request.
+
+        The body's duration is the latency; a `TeacherTimeout` out of it counts as a timeout.
+        """
+        async with self._changed:
+            self._waiting += 1
+            try:
+                await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
+            finally:
+                self._waiting -= 1
+            self.in_flight += 1
+            self._sent += 1
+            number = self._sent
+        started = self._started[number] = self._clock()
+        try:
+            yield
+        except TeacherTimeout:
+            self._on_timeout(number)
+            raise
+        else:
+            self._on_answer(self._clock() - started, number)
+        finally:
+            del self._started[number]
+            async with self._changed:
+                self.in_flight -= 1
+                self._changed.notify_all()
+
+    def _on_answer(self, latency_s: float, number: int) -> None:
+        self.latencies.append(latency_s)
+        if latency_s > self.target_s:
+            if number > self._cut_at:
+                self._cut(self.limit * self.target_s / latency_s)
+            return
+        if not self._waiting and self.in_flight < int(self.limit):
+            return  # the limit was not what held the load back: no evidence to grow on
+        if self._slow_start and latency_s < self.slow_start_end_s:
+            self.limit += 1.0  # one more per answer: doubles per round trip
+        else:
+            self._slow_start = False
+            self.limit += 1.0 / self.limit  # one more per round trip
+        self.limit = min(self.limit, float(self.maximum))
+
+    def _on_timeout(self, number: int) -> None:
+        self.timeouts += 1
+        if number > self._cut_at:
+            self._cut(self.limit / 2)
+
+    def _cut(self, limit: float) -> None:
+        self.limit = max(1.0, min(self.limit, limit))
+        self._slow_start = False
+        self._cut_at = self._sent
+
+    def snapshot(self) -> dict[str, Any]:
+        """The limit's state for progress reports: in flight, limit, latencies, timeouts."""
+        recent = sorted(self.latencies)
+        now = self._clock()
+        return {
+            "in_flight": self.in_flight,
+            "limit": int(self.limit),
+            "maximum": self.maximum,
+            "timeouts": self.timeouts,
+            "latency_p50_s": statistics.median(recent) if recent else None,
+            "latency_p90_s": recent[int(0.9 * (len(recent) - 1))] if recent else None,
+            "oldest_in_flight_s": max((now - t for t in self._started.values()), default=0.0),
+        }
+
+
+async def complete_with_retries(
+    teacher: Teacher,
+    request_for: Callable[[int], TeacherRequest],
+    max_retries: int,
+    limit: InFlightLimit | None = None,
+    what: str = "teacher request",
+) -> tuple[TeacherReply, int]:
+    """One input through the teacher: each attempt its own request, within the limit.
+
+    Each attempt gets the request `request_for(attempt)` (its own id, so that a retry never
+    collides with an earlier attempt the engine still knows) and holds a place in `limit`
+    only while it runs, not during the backoff between attempts.
+
+    Returns:
+        (reply, attempts).
+
+    Raises:
+        TeacherError: after `max_retries` retries, or at once for a non-retryable error.
+    """
+
+    async def attempt(number: int) -> TeacherReply:
+        request = request_for(number)
+        if limit is None:
+            return await teacher.complete(request)
+        async with limit.slot():
+            return await teacher.complete(request)
+
+    return await with_retries(attempt, max_retries, what)
