@@ -253,6 +253,46 @@ def test_the_teacher_app_answers_openai_routes_over_http(ray_head, tmp_path):
     assert len(text["choices"]) == 2 and text["object"] == "text_completion"
 
 
+def _wait_until(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_work_the_caller_gives_up_on_is_aborted_on_the_replica(ray_head):
+    """The real vLLM engine: a request past its timeout is aborted by the replica itself, and
+    a call the caller cancels ends on the replica too (vLLM aborts a cancelled `generate`)."""
+    from ray import serve
+
+    from dsbs.generate.deployment import DEPLOYMENT_NAME
+    from dsbs.teachers.base import Sampling, TeacherRequest, TeacherTimeout
+
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME)
+    counting = "Count from 1 to 5000, one number per line, with no other text."
+
+    def request(request_id: str, timeout_s: float | None) -> TeacherRequest:
+        return TeacherRequest(
+            request_id,
+            messages=(("user", counting),),
+            sampling=Sampling(max_tokens=2000),
+            timeout_s=timeout_s,
+        )
+
+    started = time.monotonic()
+    with pytest.raises(TeacherTimeout, match="aborted in the engine"):
+        handle.complete.remote(request("count#0", timeout_s=2.0)).result(timeout_s=120)
+    assert time.monotonic() - started < 30  # 2,000 tokens would take minutes on 2 cores
+    assert handle.running.remote().result(timeout_s=30) == []
+
+    response = handle.complete.remote(request("count#1", timeout_s=None))
+    assert _wait_until(lambda: handle.running.remote().result() == ["count#1"], 60)
+    response.cancel()
+    assert _wait_until(lambda: handle.running.remote().result() == [], 10)
+
+
 def test_health_check_fails_when_the_engine_dies(ray_head):
     import psutil
     import ray
