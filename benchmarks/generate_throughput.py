@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 
 
-def _direct(rows_file: str, max_tokens: int, queue: multiprocessing.Queue) -> None:
+def direct_generate(
+    rows_file: str,
+    config: str | None,
+    overrides: list[str],
+    queue: multiprocessing.Queue,
+) -> None:
+    """Child process: `vllm.LLM.generate` on the rows' teacher prompts; puts tokens and seconds.
+
+    The engine arguments, prompts and sampling are the pipeline's own for the same config.
+    """
     from vllm import LLM
 
     from dsbs.config import load_config
@@ -29,8 +38,9 @@ def _direct(rows_file: str, max_tokens: int, queue: multiprocessing.Queue) -> No
     from dsbs.records import read_records
     from dsbs.teachers.vllm import _sampling_params, engine_args
 
-    cfg = load_config(None, [f"teacher.max_tokens={max_tokens}"]).teacher
-    llm = LLM(**engine_args(cfg))
+    cfg = load_config(config, overrides).teacher
+    args = engine_args(cfg)
+    llm = LLM(**args)
     tokenizer = llm.get_tokenizer()
     records = read_records(rows_file)
     prompts = []
@@ -45,7 +55,7 @@ def _direct(rows_file: str, max_tokens: int, queue: multiprocessing.Queue) -> No
     outputs = llm.generate(prompts, params)
     seconds = time.perf_counter() - started
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    queue.put({"output_tokens": tokens, "seconds": seconds})
+    queue.put({"output_tokens": tokens, "seconds": seconds, "dtype": args["dtype"]})
     llm.llm_engine.engine_core.shutdown()
     queue.close()
     queue.join_thread()
@@ -69,7 +79,8 @@ def main() -> None:
 
     queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
     child = multiprocessing.get_context("spawn").Process(
-        target=_direct, args=(rows_file, args.max_tokens, queue)
+        target=direct_generate,
+        args=(rows_file, None, [f"teacher.max_tokens={args.max_tokens}"], queue),
     )
     child.start()
     direct = queue.get()
