@@ -1,7 +1,9 @@
 """The generate stage of `make demo` before and after the overload fix, beside raw vLLM.
 
     git worktree add /tmp/dsbs-before 74ef391    # the last commit before the fix
-    .venv/bin/python benchmarks/generate_overload.py --before /tmp/dsbs-before --timeouts 120 30
+    .venv/bin/python benchmarks/generate_overload.py --before /tmp/dsbs-before --timeouts 120 8 4
+    .venv/bin/python benchmarks/generate_overload.py --before /tmp/dsbs-before \
+        --rows 400 --max-in-flight 256 --timeouts 120 12 --cap-s 300
 
 For each `teacher.request_timeout_s` it runs the demo's generate stage (200 synthetic rows,
 SmolLM2-135M-Instruct on vLLM's CPU build behind Ray Serve, `generate.max_in_flight=64`)
@@ -64,12 +66,15 @@ def _rows_done(out: Path) -> dict[str, int]:
     return {"written": written, **reasons}
 
 
-def run_stage(src: Path, config: Path, rows_file: str, out: Path, timeout_s: float, cap_s: float):
+def run_stage(
+    src: Path, config: Path, rows_file: str, out: Path, timeout_s: float, cap_s: float, extra: list
+):
     """One generate run in its own process (and local Ray cluster); stopped at `cap_s`."""
     overrides = [
         f"data.source={rows_file}",
         f"pipeline.run_dir={out}",
         f"teacher.request_timeout_s={timeout_s}",
+        *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(src / "src")}
     started = time.monotonic()
@@ -91,7 +96,7 @@ def run_stage(src: Path, config: Path, rows_file: str, out: Path, timeout_s: flo
         status = f"stopped at the {cap_s:.0f} s cap"
     seconds = time.monotonic() - started
     subprocess.run([RAY, "stop", "--force"], capture_output=True, check=False)
-    summary = next((ln for ln in output.splitlines() if ln.startswith("generate: ")), None)
+    summary = next((ln for ln in output.splitlines() if " rows in, " in ln), None)
     stats = {}
     for file in out.glob("generate/*/stats.json"):
         stats = json.loads(file.read_text())["this_run"]
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--timeouts", type=float, nargs="+", default=[120.0, 30.0])
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--cap-s", type=float, default=1200.0)
+    parser.add_argument("--max-in-flight", type=int, default=None, help="default: the demo's 64")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -141,7 +147,12 @@ def main() -> None:
     for timeout_s in args.timeouts:
         for name, src in (("before", args.before.resolve()), ("after", REPO)):
             out = work / f"{name}-{timeout_s:g}"
-            result = run_stage(src, src / demo, rows_file, out, timeout_s, args.cap_s)
+            extra = (
+                []
+                if args.max_in_flight is None
+                else [f"generate.max_in_flight={args.max_in_flight}"]
+            )
+            result = run_stage(src, src / demo, rows_file, out, timeout_s, args.cap_s, extra)
             results.append({"run": f"{name}, request_timeout_s={timeout_s:g}", **result})
             print(json.dumps(results[-1]), flush=True)
     print("\n| run | status | s | rows written | quarantined | output tokens/s |")

@@ -87,7 +87,7 @@ class TeacherConfig(_Section):
     request_timeout_s: float = Field(120.0, gt=0.0)
     """Seconds a teacher replica works on one request, from when it starts it, before
     aborting it in the engine (then it is retried). Waiting at the caller does not count: the
-    caller keeps only as many requests in flight as come back within half of this."""
+    caller keeps only as many requests in flight as come back within 3/4 of this."""
     cache_dir: str = "~/.cache/dsbs"
     """Where converted and downloaded teacher weights are kept between runs."""
     min_replicas: int = Field(1, ge=0)

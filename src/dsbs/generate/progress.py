@@ -68,7 +68,7 @@ def load_warning(snapshot: dict[str, Any], timeout_s: float) -> str | None:
     return (
         f"the teacher is saturated: answers take up to {slowest:.0f} s against "
         f"teacher.request_timeout_s={timeout_s:g}, {snapshot['timeouts']} attempts timed out "
-        f"(aborted and retried); requests in flight adapt to keep answers within half the "
+        f"(aborted and retried); requests in flight adapt to keep answers within 3/4 of the "
         f"timeout (now {snapshot['limit']} of generate.max_in_flight={snapshot['maximum']}), "
         "so the stage runs at the teacher's pace. To go faster: more teacher "
         "replicas, or a faster engine (on CPU, teacher.dtype=auto uses bfloat16 only where "

@@ -7,16 +7,16 @@ with their first attempts (a congestion collapse; issue: 64 requests against a C
 that needed 600 s each). `InFlightLimit` therefore adapts, as TCP's congestion window does,
 to one signal every engine gives: how long answers take against the timeout.
 
-- It starts low and doubles per round trip while answers come back within a quarter of the
-  timeout (slow start), then adds one request per round trip while they stay under half.
-- An answer slower than half the timeout cuts the limit to `limit * target / latency`: for
-  an engine that is saturated, latency grows in proportion to the requests it holds
-  (Little's law), so that is the load at which answers take half the timeout.
+- It starts low and doubles per round trip while answers come back within 3/8 of the
+  timeout (slow start), then adds one request per round trip while they stay under 3/4.
+- An answer slower than 3/4 of the timeout (the target) cuts the limit to
+  `limit * target / latency`: for an engine that is saturated, latency grows in proportion
+  to the requests it holds (Little's law), so that is the load at which answers take 3/4.
 - A timeout halves it. Cuts happen at most once per round trip: answers to requests sent
   before a cut still show the load before it.
 
 So a slow teacher makes the stage slow, never wasteful: at most `generate.max_in_flight`,
-and in practice as many as the engine answers within half of `teacher.request_timeout_s`.
+and in practice as many as the engine answers within 3/4 of `teacher.request_timeout_s`.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ from dsbs.teachers.base import (
 
 INITIAL_IN_FLIGHT = 8
 """Requests in flight before any answer came back; slow start doubles it per round trip."""
-LATENCY_TARGET = 0.5
-"""Answers should take at most this share of the timeout: room for the slow ones (long
-outputs, a replica restarting) before any times out."""
-SLOW_START_END = 0.25
+LATENCY_TARGET = 0.75
+"""Answers should take at most this share of the timeout: room for the slower ones (long
+outputs) before any times out. Higher keeps more requests in the engine: vLLM's throughput
+grows with its batch, and at half the timeout a real CPU engine ran at half its speed."""
+SLOW_START_END = 0.375
 """Slow start (doubling) ends once answers take this share of the timeout; doubling from
-there at most doubles latency, which keeps it under half the timeout."""
+there at most doubles latency, which keeps it under the target."""
 RECENT = 64
 """Answers whose latencies make the reported percentiles."""
 
