@@ -57,14 +57,18 @@ def native_bf16(use_gpu: bool, flags: frozenset[str] | None = None) -> tuple[boo
     return False, f"the CPU has none of {', '.join(sorted(CPU_BF16_FLAGS))} (bf16 is emulated)"
 
 
-def resolve_dtype(requested: str, use_gpu: bool, flags: frozenset[str] | None = None) -> str:
-    """The dtype to run in: `requested`, or for `auto` bfloat16 where native, else float32.
-
-    The choice and its reason are logged, so a slow run on an older CPU explains itself.
-    """
+def dtype_choice(
+    requested: str, use_gpu: bool, flags: frozenset[str] | None = None
+) -> tuple[str, str]:
+    """(dtype, why): `requested`, or for `auto` bfloat16 where native, else float32."""
     if requested != "auto":
-        return requested
+        return requested, "as configured"
     native, reason = native_bf16(use_gpu, flags)
-    dtype = "bfloat16" if native else "float32"
-    log.info("dtype auto -> %s: %s", dtype, reason)
+    return ("bfloat16" if native else "float32"), f"auto: {reason}"
+
+
+def resolve_dtype(requested: str, use_gpu: bool, flags: frozenset[str] | None = None) -> str:
+    """The dtype to run in (see `dtype_choice`); the choice and its reason are logged."""
+    dtype, why = dtype_choice(requested, use_gpu, flags)
+    log.info("dtype %s (%s)", dtype, why)
     return dtype

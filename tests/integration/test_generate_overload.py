@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,10 @@ def _run(tmp_path: Path, name: str, timeout_s: float):
     return summary, stats, slow_teacher.engine_counts(log)
 
 
-def test_a_teacher_too_slow_for_the_load_makes_the_stage_slow_never_wasteful(ray_cluster, tmp_path):
+def test_a_teacher_too_slow_for_the_load_makes_the_stage_slow_never_wasteful(
+    ray_cluster, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="dsbs")
     # The engine's code travels to the replica by value: tests/ is not on the workers' path.
     ray.cloudpickle.register_pickle_by_value(slow_teacher)
     ample, ample_stats, ample_engine = _run(tmp_path, "ample", AMPLE_TIMEOUT_S)
@@ -85,3 +90,5 @@ def test_a_teacher_too_slow_for_the_load_makes_the_stage_slow_never_wasteful(ray
     assert tight_s <= 1.3 * ample_s, (tight_s, ample_s)
     # The tight run found the lower load on its own.
     assert tight.in_flight < 24
+    # The replica's dtype choice, made on its node, reaches the driver's log with its reason.
+    assert re.search(r"teacher: \S+ in (bfloat16|float32) \(auto: the CPU has", caplog.text)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from dsbs.config import TeacherConfig, load_config
+from dsbs.precision import dtype_choice
 from dsbs.teachers.base import (
     Sampling,
     Teacher,
@@ -103,6 +104,8 @@ class TeacherServer:
         self, cfg: TeacherConfig, loader: Callable[[TeacherConfig], Teacher] = load_teacher
     ) -> None:
         self.model_name = cfg.model
+        dtype, why = dtype_choice(cfg.dtype, cfg.use_gpu)  # judged on this replica's node
+        self.description = f"{cfg.model} in {dtype} ({why})"
         self.teacher = loader(cfg)
         self._running: set[str] = set()
 
@@ -129,6 +132,10 @@ class TeacherServer:
             ) from err
         finally:
             self._running.discard(request.request_id)
+
+    async def describe(self) -> str:
+        """The model and the dtype this replica chose, with the reason (for the driver's log)."""
+        return self.description
 
     async def running(self) -> list[str]:
         """Ids of the requests this replica is working on (for operators and tests)."""

@@ -211,7 +211,10 @@ def _deploy_teacher(teacher: TeacherConfig, loader: Callable[[TeacherConfig], An
         "starting the teacher (%s) in Ray Serve; loading the model takes a while", teacher.model
     )
     try:
-        serve.run(teacher_app(teacher, loader or load_teacher), name=APP_NAME, route_prefix=None)
+        handle = serve.run(
+            teacher_app(teacher, loader or load_teacher), name=APP_NAME, route_prefix=None
+        )
+        log.info("teacher: %s", handle.describe.remote().result(timeout_s=60))
     except Exception as err:
         raise GenerationError(f"the teacher deployment did not start: {err}") from err
 
