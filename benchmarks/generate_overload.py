@@ -9,9 +9,10 @@ For each `teacher.request_timeout_s` it runs the demo's generate stage (200 synt
 SmolLM2-135M-Instruct on vLLM's CPU build behind Ray Serve, `generate.max_in_flight=64`)
 with the code before the fix (`--before`: a checkout of it, with its own
 `configs/local-demo.yaml`) and with this tree, alternating, each in a fresh process and Ray
-cluster, and stops a run that passes `--cap-s`. A shorter timeout stands in for a slower
-machine: the collapse depends on how long 64 requests in flight take against the timeout,
-so 30 s here is 120 s on a CPU 4x slower (the AVX2-only machine with emulated bfloat16).
+cluster, and stops a run that passes `--cap-s`. The overload of a slower machine is recreated
+by asking more of this one: more requests in flight (`--max-in-flight`) against a shorter
+timeout, so that the configured load takes several times the timeout while one request alone
+fits in it easily (at 4 s on the fast CPU of BENCHMARKS.md no load fits: a misconfiguration).
 The reference is `vllm.LLM.generate` on the same 200 prompts with the same engine arguments,
 in float32 and in bfloat16. Prints one JSON line per run, then a table; the CPU is named.
 """

@@ -18,4 +18,9 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     try:
         yield
     finally:
+        from ray import serve
+
+        # A deployment handle used from this process (the generate stage asks the teacher
+        # replica for its dtype) keeps threads that would start Ray again after shutdown.
+        serve.shutdown()
         ray.shutdown()
