@@ -47,6 +47,7 @@ from dsbs.records import Record, write_records
 from dsbs.rundir import generate_dir, generate_root, write_json
 from dsbs.tasks import Task, get_task
 from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
+from dsbs.teachers.client import percentile
 
 log = logging.getLogger(__name__)
 
@@ -410,11 +411,6 @@ class RunCounts:
     """Seconds from each input's first attempt to its answer, retries included."""
 
 
-def _percentile(values: list[float], share: float) -> float | None:
-    ordered = sorted(values)
-    return ordered[int(share * (len(ordered) - 1))] if ordered else None
-
-
 def _write_stats(
     task: Task, out_dir: str, inputs: Inputs, run: RunCounts, wall: float, streaming: float
 ) -> GenerateSummary:
@@ -472,8 +468,8 @@ def _write_stats(
             "retries": run.retries,
             "timeouts": run.timeouts,
             "in_flight_at_end": run.in_flight,
-            "latency_p50_s": _percentile(run.latencies, 0.5),
-            "latency_p90_s": _percentile(run.latencies, 0.9),
+            "latency_p50_s": percentile(run.latencies, 0.5),
+            "latency_p90_s": percentile(run.latencies, 0.9),
             "output_tokens": run.output_tokens,
             "output_tokens_per_s": summary.output_tokens_per_s,
             "streaming_s": streaming,

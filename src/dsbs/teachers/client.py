@@ -22,7 +22,6 @@ and in practice as many as the engine answers within 3/4 of `teacher.request_tim
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -48,6 +47,12 @@ SLOW_START_END = 0.375
 there at most doubles latency, which keeps it under the target."""
 RECENT = 64
 """Answers whose latencies make the reported percentiles."""
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The nearest-rank percentile (`share` in [0, 1]) of `values`; None when empty."""
+    ordered = sorted(values)
+    return ordered[int(share * (len(ordered) - 1))] if ordered else None
 
 
 class InFlightLimit:
@@ -131,15 +136,15 @@ class InFlightLimit:
 
     def snapshot(self) -> dict[str, Any]:
         """The limit's state for progress reports: in flight, limit, latencies, timeouts."""
-        recent = sorted(self.latencies)
+        recent = list(self.latencies)
         now = self._clock()
         return {
             "in_flight": self.in_flight,
             "limit": int(self.limit),
             "maximum": self.maximum,
             "timeouts": self.timeouts,
-            "latency_p50_s": statistics.median(recent) if recent else None,
-            "latency_p90_s": recent[int(0.9 * (len(recent) - 1))] if recent else None,
+            "latency_p50_s": percentile(recent, 0.5),
+            "latency_p90_s": percentile(recent, 0.9),
             "oldest_in_flight_s": max((now - t for t in self._started.values()), default=0.0),
         }
 
