@@ -36,10 +36,24 @@ def _resolved(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _on_cluster(args: argparse.Namespace, serving: bool = False) -> Config:
+    """The resolved config, once the run directory is known to be reachable from every node.
+
+    Serving needs only the student's folder: `serve.model` when given, else the run's.
+    """
+    from dsbs.cluster import check_run_dir
+
+    cfg = _resolved(args)
+    pipeline = cfg.pipeline
+    path = (cfg.serve.model if serving else None) or pipeline.run_dir
+    check_run_dir(path, pipeline.shared_filesystem, pipeline.ray_address)
+    return cfg
+
+
 def _generate(args: argparse.Namespace) -> str:
     from dsbs.generate import generate_rationales
 
-    cfg = _resolved(args)
+    cfg = _on_cluster(args)
     summary = generate_rationales(
         cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, cfg.pipeline.ray_address
     )
@@ -49,7 +63,7 @@ def _generate(args: argparse.Namespace) -> str:
 def _train(args: argparse.Namespace) -> str:
     from dsbs.train.trainer import train_student
 
-    cfg = _resolved(args)
+    cfg = _on_cluster(args)
     summary = train_student(
         cfg.train, cfg.student, cfg.data.task, cfg.pipeline.run_dir, cfg.pipeline.ray_address
     )
@@ -61,7 +75,7 @@ def _serve(args: argparse.Namespace) -> str:
 
     if args.model:
         args.overrides.append(f"serve.model={args.model}")
-    cfg = _resolved(args)
+    cfg = _on_cluster(args, serving=True)
     return serve_student(cfg.serve, cfg.pipeline.run_dir, cfg.pipeline.ray_address).line()
 
 
@@ -71,7 +85,7 @@ def _run(args: argparse.Namespace) -> str:
 
     if args.keep_serving:
         args.overrides.append("pipeline.keep_serving=true")
-    summary = run_pipeline(_resolved(args))
+    summary = run_pipeline(_on_cluster(args))
     if summary.url is None:
         return summary.line()
     print(summary.line(), flush=True)
@@ -82,7 +96,7 @@ def _run(args: argparse.Namespace) -> str:
 def _sweep(args: argparse.Namespace) -> str:
     from dsbs.pipeline import sweep_pipeline
 
-    return sweep_pipeline(_resolved(args)).line()
+    return sweep_pipeline(_on_cluster(args)).line()
 
 
 def _evaluate(args: argparse.Namespace) -> str:

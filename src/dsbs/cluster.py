@@ -21,3 +21,38 @@ def ensure_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, ignore_reinit_error=True, configure_logging=False, log_to_driver=True)
     log.info("ray: %s", ray.cluster_resources())
+
+
+def joins_existing_cluster(address: str | None = None) -> bool:
+    """Whether `ensure_ray` would join a running cluster (a job's, or a given address)."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def check_run_dir(run_dir: str, shared_filesystem: bool, address: str | None = None) -> None:
+    """Refuses a run directory that the cluster's nodes cannot all see.
+
+    On more than one node a local path is a different folder on every pod: generate's read
+    tasks, the tokenizer, Ray Train's checkpoints, the export and Serve's replicas would each
+    look at their own disk and fail far from the cause, or lose the run. A cluster this process
+    starts itself is one node, so only a cluster it joins is checked.
+
+    Raises:
+        ConfigError: when the cluster has several nodes and `run_dir` is neither s3:// nor
+            declared shared (`pipeline.shared_filesystem`).
+    """
+    from dsbs.config import ConfigError
+    from dsbs.storage import is_s3
+
+    if is_s3(run_dir) or shared_filesystem or not joins_existing_cluster(address):
+        return
+    import ray
+
+    ensure_ray(address)
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1:
+        raise ConfigError(
+            f"pipeline.run_dir={run_dir!r} is a local path, but this Ray cluster has "
+            f"{len(nodes)} nodes, each with its own disk: set pipeline.run_dir=s3://BUCKET/PREFIX, "
+            "or pipeline.shared_filesystem=true if that path is one filesystem on every node "
+            "(a PVC, NFS)"
+        )

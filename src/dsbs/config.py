@@ -266,6 +266,9 @@ class PipelineConfig(_Section):
 
     run_dir: str = "runs/demo"
     """Run directory, local or s3://; holds generate/, train/ and report/."""
+    shared_filesystem: bool = False
+    """`run_dir` is one filesystem on every node (a PVC, NFS); otherwise a local run_dir is
+    refused on a multi-node cluster."""
     ray_address: str | None = None
     """Ray cluster to join; None starts a local one."""
     keep_serving: bool = False
