@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dsbs-installed
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format typecheck demo bench clean
+.PHONY: setup test test-fast lint format typecheck demo bench image clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python k8s/render.py --check
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.gpu
 
 format: setup
 	$(BIN)/ruff format .
@@ -47,6 +49,10 @@ bench: setup
 	$(BIN)/python benchmarks/learning_check.py --steps 400
 	$(BIN)/python benchmarks/serve_throughput.py --clients 32 --seconds 20 --repeats 2
 	$(BIN)/python benchmarks/decode_threads.py --threads 1 2
+
+# The CPU image with podman, without registry access (installs podman on Debian; see docker/).
+image:
+	bash scripts/containers.sh image
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -319,10 +319,10 @@ def cluster_spec(head: Group, workers: tuple[Group, ...]) -> dict[str, Any]:
 
 
 def _meta(name: str, component: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "labels": {"app.kubernetes.io/name": "dsbs", "app.kubernetes.io/component": component},
-    }
+    # component and instance let `kubectl apply -k DIR -l ...` take a part of the set
+    # (README, "Deploying on KubeRay").
+    labels = {"app.kubernetes.io/name": "dsbs", "app.kubernetes.io/component": component}
+    return {"name": name, "labels": {**labels, "app.kubernetes.io/instance": name}}
 
 
 def _serve_config(path: Path) -> str:
@@ -353,12 +353,12 @@ def base_objects(profile: Profile) -> dict[str, dict[str, Any]]:
         "namespace.yaml": {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": NAMESPACE, "labels": {"app.kubernetes.io/name": "dsbs"}},
+            "metadata": _meta(NAMESPACE, "common"),
         },
         "serviceaccount.yaml": {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta("dsbs", "ray"),
+            "metadata": _meta("dsbs", "common"),
         },
         "raycluster.yaml": {
             "apiVersion": "ray.io/v1",
@@ -405,7 +405,7 @@ def base_objects(profile: Profile) -> dict[str, dict[str, Any]]:
     objects["networkpolicy.yaml"] = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _meta("dsbs-ray", "ray"),
+        "metadata": _meta("dsbs-ray", "common"),
         "spec": {
             # Ray nodes talk to each other on many ports (GCS, raylets, object transfer, workers):
             # open among dsbs pods only. From elsewhere, only the Serve endpoints; the dashboard
@@ -578,7 +578,13 @@ def render() -> dict[Path, str]:
         kustomization["images"] = [
             {"name": IMAGE, "newName": "ghcr.io/your-org/dsbs", "newTag": profile.tag}
         ]
-        kustomization["configMapGenerator"] = [{"name": "dsbs-configs", "files": ["dsbs.yaml"]}]
+        kustomization["configMapGenerator"] = [
+            {
+                "name": "dsbs-configs",
+                "files": ["dsbs.yaml"],
+                "options": {"labels": _meta("dsbs-configs", "common")["labels"]},
+            }
+        ]
         # A fixed name: KubeRay objects reference it, and kustomize only rewrites hashed
         # names inside kinds it knows.
         kustomization["generatorOptions"] = {"disableNameSuffixHash": True}

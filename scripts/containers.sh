@@ -82,12 +82,12 @@ base() {
 image() {
   base
   local mounts=(-v "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro")
-  local args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_INDEX_URL=")
-  # This machine's pip sees the CPU torch wheel in a local folder (PIP_FIND_LINKS), not
-  # download.pytorch.org; the build sees it the same way.
+  local args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+  # Where this machine's pip finds the CPU torch wheel in a local folder (PIP_FIND_LINKS) rather
+  # than on download.pytorch.org, the build looks there the same way.
   if [ -n "${PIP_FIND_LINKS:-}" ] && [ -d "$PIP_FIND_LINKS" ]; then
     mounts+=(-v "$PIP_FIND_LINKS:/opt/find-links:ro")
-    args+=(--build-arg "PIP_FIND_LINKS=/opt/find-links")
+    args+=(--build-arg "PIP_FIND_LINKS=/opt/find-links" --build-arg "TORCH_INDEX_URL=")
   fi
   log "building $IMAGE from docker/Dockerfile (first time: several minutes)"
   # Step lines only: pip's and apt's own output would drown the log.

@@ -82,6 +82,17 @@ def test_every_overlay_renders_the_whole_set(rendered):
         assert kinds == expected, overlay
         spaced = [o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"]
         assert set(spaced) == {render.NAMESPACE}, overlay
+        # The README applies parts of the set by these labels.
+        for obj in objects:
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/instance"] == obj["metadata"]["name"]
+            assert labels["app.kubernetes.io/component"] in {
+                "common",
+                "cluster",
+                "job",
+                "student",
+                "teacher",
+            }
 
 
 @needs_schemas
