@@ -2,8 +2,8 @@
 
 Real: the image built from docker/Dockerfile with podman (on a stand-in for rayproject/ray made
 from Debian's packages, since no registry can be reached here), a Ray head container and a Ray
-worker container (each its own filesystem; host network on loopback, distinct Ray ports, the
-worker on its own loopback address), the moto S3 server, `ray job submit` from this machine the
+worker container (each its own filesystem; host network on loopback, distinct Ray ports),
+the moto S3 server, `ray job submit` from this machine the
 way users submit through a port-forward. The head runs no work (`num-cpus 0`, as in k8s/), and
 the config is mounted read-only at /etc/dsbs, as the ConfigMap is. What cannot run here is the
 KubeRay operator that would create these pods.
