@@ -236,3 +236,99 @@ def test_small_datasets_are_repeated_within_one_pass_with_each_copy_shuffled():
     assert len(many) == 16_400 and len(many) >= MIN_PASS_ROWS
     first, second = [r["id"] for r in many[:100]], [r["id"] for r in many[100:200]]
     assert sorted(first) == sorted(second) and first != second
+
+
+class _Recorded(Exception):
+    pass
+
+
+def test_evaluation_reduces_on_the_engines_device(monkeypatch):
+    """NCCL refuses CPU tensors: the evaluator's all-reduce must run on the engine's device.
+
+    No GPU here, so the engine's device is "meta" and all_reduce is replaced by a recorder: a
+    CPU tensor there is exactly what killed GPU runs at their first evaluation.
+    """
+    import torch.distributed as dist
+
+    from dsbs.train import loop
+
+    seen = []
+
+    def record(tensor, *args, **kwargs):
+        seen.append(tensor.device)
+        raise _Recorded
+
+    class Engine:
+        device = torch.device("meta")
+
+        def eval(self):
+            pass
+
+    monkeypatch.setattr(dist, "all_reduce", record)
+    train = TrainConfig()
+    evaluator = loop._Evaluator(Engine(), None, None, train, None, "svamp", rank=0, world=1)
+    with pytest.raises(_Recorded):
+        evaluator.run([], step=1, split="valid")
+    assert seen == [torch.device("meta")]
+
+
+def test_all_reduce_sums_over_a_real_process_group():
+    import torch.distributed as dist
+    from ports import free_port
+
+    from dsbs.train.loop import all_reduce_sums
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    try:
+        assert all_reduce_sums([1.5, 2.0, 0.0], torch.device("cpu")) == [1.5, 2.0, 0.0]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL)")
+def test_all_reduce_sums_under_nccl():
+    import torch.distributed as dist
+    from ports import free_port
+
+    from dsbs.train.loop import all_reduce_sums
+
+    dist.init_process_group(
+        "nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    try:
+        assert all_reduce_sums([3.0, 4.0], torch.device("cuda", 0)) == [3.0, 4.0]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_logged_step_loss_is_the_mean_over_micro_batches_and_ranks():
+    """It was rank 0's last micro-batch: with grad_accum_steps=2 half the step went unseen."""
+    import torch.distributed as dist
+    from ports import free_port
+
+    from dsbs.train.loop import StepLoss
+    from dsbs.train.loss import Losses
+
+    def losses(label, rationale):
+        total = torch.tensor(0.5 * label + 0.5 * rationale)
+        return Losses(total, torch.tensor(label), torch.tensor(rationale))
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    try:
+        step = StepLoss()
+        step.add(losses(1.0, 3.0))
+        step.add(losses(3.0, 5.0))
+        assert step.reduce(torch.device("cpu")) == {
+            "loss": 3.0,
+            "label_loss": 2.0,
+            "rationale_loss": 4.0,
+        }
+        step.add(Losses(torch.tensor(2.0), torch.tensor(2.0), None))  # a fresh step
+        assert step.reduce(torch.device("cpu")) == {"loss": 2.0, "label_loss": 2.0}
+    finally:
+        dist.destroy_process_group()

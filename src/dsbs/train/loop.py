@@ -40,7 +40,7 @@ from dsbs.train.deepspeed_setup import (
 from dsbs.train.evaluate import chunks, padded_slice, reference_label
 from dsbs.train.examples import IGNORE_INDEX, Collator, Example, length_grouped
 from dsbs.train.flops import peak_tflops, token_rows, train_flops
-from dsbs.train.loss import multitask_loss, to_device
+from dsbs.train.loss import Losses, multitask_loss, to_device
 
 log = logging.getLogger("dsbs.train")
 
@@ -102,6 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         log.info("training from step %d to %d on %d workers", state.step, train.max_steps, world)
     rng = random.Random(train.seed * 1_000_003 + state.step)  # noqa: S311 - data order
+    step_loss = StepLoss()
     while state.step < train.max_steps:
         started = time.perf_counter()
         for batch in _micro_batches(shard, train, rng):
@@ -112,11 +113,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             losses = multitask_loss(engine, to_device(tensors, engine.device), train.alpha)
             engine.backward(losses.total)
             engine.step()  # an optimizer step only every grad_accum_steps micro-batches
+            step_loss.add(losses)
             if engine.global_steps == state.step:
                 continue
             state.step = engine.global_steps
             state.train_seconds += time.perf_counter() - started
-            state.record(state.step, losses, lr, rows_per_step, collator, peak)
+            state.record(
+                state.step, step_loss.reduce(engine.device), lr, rows_per_step, collator, peak
+            )
             if rank == 0 and (state.step % max(1, train.max_steps // 20) == 0):
                 log.info(
                     "step %d/%d: %s", state.step, train.max_steps, _describe(state.history[-1])
@@ -186,23 +190,26 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def record(
-        self, step: int, losses: Any, lr: float, rows: int, collator: Collator, peak: float | None
+        self,
+        step: int,
+        losses: dict[str, float],
+        lr: float,
+        rows: int,
+        collator: Collator,
+        peak: float | None,
     ) -> None:
         self.rows += rows
         tflops = self.flops / max(self.train_seconds, 1e-9) / 1e12  # per worker (per GPU)
         row: dict[str, Any] = {
             "split": "train",
             "step": step,
-            "loss": losses.total.item(),
-            "label_loss": losses.label_loss.item(),
+            **losses,
             "lr": lr,
             "examples_per_s": self.rows / max(self.train_seconds, 1e-9),
             "model_tflops_per_s": tflops,
             "train_seconds": self.train_seconds,
             "truncated": dict(collator.truncated),
         }
-        if losses.rationale_loss is not None:
-            row["rationale_loss"] = losses.rationale_loss.item()
         if peak:
             row["mfu"] = tflops / peak
         self.history.append(row)
@@ -270,6 +277,57 @@ def _checkpoint(engine: Any, tokenizer: Any, state: _State, spec: LoopSpec, rank
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
+class StepLoss:
+    """One optimizer step's losses: the mean over its micro-batches and over all ranks.
+
+    Kept on the device, so adding a micro-batch does not wait for the GPU; `reduce` syncs once
+    per step.
+    """
+
+    def __init__(self) -> None:
+        # total, label, rationale, micro-batches, micro-batches with a rationale
+        self.sums: torch.Tensor | None = None
+
+    def add(self, losses: Losses) -> None:
+        """Counts one micro-batch's losses."""
+        total, label = losses.total.detach().double(), losses.label_loss.detach().double()
+        zero = torch.zeros_like(total)
+        rationale = losses.rationale_loss
+        parts = [total, label, zero if rationale is None else rationale.detach().double()]
+        parts += [torch.ones_like(total), zero if rationale is None else torch.ones_like(total)]
+        row = torch.stack(parts)
+        self.sums = row if self.sums is None else self.sums + row
+
+    def reduce(self, device: Any) -> dict[str, float]:
+        """The step's mean losses over micro-batches and ranks; starts the next step's sums.
+
+        A collective: every rank calls it at every step.
+        """
+        if self.sums is None:
+            raise RuntimeError("no micro-batch was added before reduce()")
+        total, label, rationale, batches, with_rationale = all_reduce_sums(
+            self.sums.tolist(), device
+        )
+        self.sums = None
+        out = {"loss": total / batches, "label_loss": label / batches}
+        if with_rationale:
+            out["rationale_loss"] = rationale / with_rationale
+        return out
+
+
+def all_reduce_sums(values: list[float], device: Any) -> list[float]:
+    """Sums `values` over all ranks, on `device`.
+
+    That is the engine's device: NCCL (the GPU process group) refuses CPU tensors, which gloo
+    (the CPU one) takes, so a CPU tensor here passes every CPU test and kills every GPU run.
+    """
+    import torch.distributed as dist
+
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return [float(v) for v in totals.cpu()]
+
+
 class _Evaluator:
     """Validation and test: loss per task (token-weighted) and label accuracy, across ranks."""
 
@@ -291,12 +349,10 @@ class _Evaluator:
     @torch.no_grad()
     def run(self, examples: list[Example], step: int, split: str) -> dict[str, Any]:
         """Metrics of one pass over `examples` (every rank calls this with the same list)."""
-        import torch.distributed as dist
-
         self.engine.eval()
         rows, real = padded_slice(examples, self.rank, self.world)
         # label loss sum, label tokens, rationale loss sum, rationale tokens, correct, scored
-        sums = torch.zeros(6, dtype=torch.float64)
+        sums = [0.0] * 6
         for offset, batch in zip(
             range(0, len(rows), self.train.eval_batch_size),
             chunks(rows, self.train.eval_batch_size),
@@ -336,7 +392,7 @@ class _Evaluator:
             pairs = list(zip(predictions[:n_real], batch[:n_real], strict=True))
             sums[4] += sum(self.task.is_correct(p, reference_label(e)) for p, e in pairs)
             sums[5] += n_real
-        dist.all_reduce(sums)
+        sums = all_reduce_sums(sums, self.engine.device)
         metrics: dict[str, Any] = {"split": split, "step": step, "rows": int(sums[5])}
         if sums[1]:
             metrics["label_loss"] = float(sums[0] / sums[1])
