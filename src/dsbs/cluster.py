@@ -28,6 +28,11 @@ def joins_existing_cluster(address: str | None = None) -> bool:
     return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
+def in_submitted_job() -> bool:
+    """Whether this process is the driver of a `ray job submit` job (Ray sets its job config)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
 def check_run_dir(run_dir: str, shared_filesystem: bool, address: str | None = None) -> None:
     """Refuses a run directory that the cluster's nodes cannot all see.
 
@@ -38,12 +43,21 @@ def check_run_dir(run_dir: str, shared_filesystem: bool, address: str | None = N
 
     Raises:
         ConfigError: when the cluster has several nodes and `run_dir` is neither s3:// nor
-            declared shared (`pipeline.shared_filesystem`).
+            declared shared (`pipeline.shared_filesystem`), or when a submitted job's run_dir
+            is relative (it would resolve into the job's temporary working directory).
     """
     from dsbs.config import ConfigError
     from dsbs.storage import is_s3
 
-    if is_s3(run_dir) or shared_filesystem or not joins_existing_cluster(address):
+    if is_s3(run_dir):
+        return
+    if in_submitted_job() and not os.path.isabs(os.path.expanduser(run_dir)):
+        raise ConfigError(
+            f"pipeline.run_dir={run_dir!r} is relative, and under `ray job submit` it would "
+            "land in the job's temporary working directory (a rerun would not find it): set "
+            "pipeline.run_dir=s3://BUCKET/PREFIX or an absolute path"
+        )
+    if shared_filesystem or not joins_existing_cluster(address):
         return
     import ray
 
