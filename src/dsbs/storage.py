@@ -12,6 +12,7 @@ visible only when its upload completes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -146,6 +147,37 @@ def list_files(uri: str) -> list[str]:
     if not names and key and exists(uri):
         return [uri]
     return sorted(names)
+
+
+def fingerprint(uri: str) -> str | None:
+    """A short digest of the files under `uri` as they are now, without reading them.
+
+    Names, sizes and modification times (local) or ETags (S3): a replaced or appended input
+    changes it, a rerun on the same files does not. None when `uri` is no file or folder (a
+    hub dataset, or a path that does not exist yet: the stage reports that itself).
+    """
+    entries: list[tuple[str, int, str]] = []
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        prefix = key.rstrip("/")
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                name = obj["Key"]
+                if name == prefix or name.startswith(prefix + "/") or not prefix:
+                    entries.append((name[len(prefix) :], obj["Size"], obj["ETag"]))
+    else:
+        path = Path(uri).expanduser()
+        if not path.exists():
+            return None
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            stat = file.stat()
+            entries.append((str(file.relative_to(path)), stat.st_size, str(stat.st_mtime_ns)))
+    if not entries:
+        return None
+    text = json.dumps(sorted(entries))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def read_bytes(uri: str) -> bytes:

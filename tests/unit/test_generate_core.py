@@ -100,6 +100,19 @@ def test_config_hash_tracks_what_the_teacher_sees_only():
         assert config_hash(changed.data, changed.teacher, changed.generate) != digest, override
 
 
+def test_config_hash_follows_the_inputs_content(tmp_path):
+    """Appended or replaced inputs are a new generation, not one reported as done."""
+    from dsbs import storage
+
+    source = tmp_path / "inputs.jsonl"
+    storage.write_rows(str(source), [{"id": "1", "input": "2 plus 3?"}])
+    cfg = load_config(None, [f"data.source={source}"])
+    digest = config_hash(cfg.data, cfg.teacher, cfg.generate)
+    assert config_hash(cfg.data, cfg.teacher, cfg.generate) == digest
+    storage.write_rows(str(source), [{"id": "1", "input": "2 plus 3?"}, {"id": "2", "input": "?"}])
+    assert config_hash(cfg.data, cfg.teacher, cfg.generate) != digest
+
+
 def test_self_consistency_needs_temperature():
     with pytest.raises(ValueError, match="generate.num_samples"):
         load_config(None, ["generate.num_samples=3"])

@@ -145,3 +145,43 @@ def test_local_writes_get_the_mode_a_plain_open_would(tmp_path):
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
     assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_fingerprint_follows_replaced_and_appended_files_not_reruns(tmp_path):
+    folder = tmp_path / "data"
+    storage.write_rows(str(folder / "a.jsonl"), [{"id": "1", "input": "x"}])
+    first = storage.fingerprint(str(folder))
+    assert first and storage.fingerprint(str(folder)) == first  # nothing changed
+    os.utime(folder / "a.jsonl", ns=(1, 1))  # replaced by a file of the same size
+    assert storage.fingerprint(str(folder)) != first
+    replaced = storage.fingerprint(str(folder))
+    storage.write_rows(str(folder / "b.jsonl"), [{"id": "2", "input": "y"}])
+    assert storage.fingerprint(str(folder)) != replaced
+    assert storage.fingerprint(str(folder / "a.jsonl")) != storage.fingerprint(str(folder))
+    assert storage.fingerprint(str(tmp_path / "missing")) is None
+    assert storage.fingerprint("hf:gsm8k") is None
+
+
+def test_s3_fingerprint_follows_the_objects_etags(s3_bucket):
+    uri = f"{s3_bucket}/data/train.jsonl"
+    storage.write_rows(uri, [{"id": "1", "input": "x"}])
+    first = storage.fingerprint(uri)
+    assert first and storage.fingerprint(uri) == first
+    assert storage.fingerprint(f"{s3_bucket}/data") is not None
+    storage.write_rows(uri, [{"id": "1", "input": "z"}])  # same size, new content
+    assert storage.fingerprint(uri) != first
+    assert storage.fingerprint(f"{s3_bucket}/nothing-here") is None
+
+
+def test_a_replaced_training_file_is_not_already_trained(tmp_path):
+    """The hash covered the path only: a replaced train.parquet was reported 'already trained'."""
+    from dsbs.config import StudentConfig, TrainConfig
+    from dsbs.train.trainer import config_hash
+
+    data = tmp_path / "train.jsonl"
+    storage.write_rows(str(data), [{"id": "1", "input": "x"}])
+    train, student = TrainConfig(data=str(data)), StudentConfig()
+    before = config_hash(train, student, "svamp", str(data))
+    assert config_hash(train, student, "svamp", str(data)) == before
+    storage.write_rows(str(data), [{"id": "1", "input": "x"}, {"id": "2", "input": "y"}])
+    assert config_hash(train, student, "svamp", str(data)) != before

@@ -101,7 +101,11 @@ class GenerateSummary:
 
 
 def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConfig) -> str:
-    """A short hash of everything that changes what the teacher is asked and how."""
+    """A short hash of everything that changes what the teacher is asked and how.
+
+    The input files count by what they are now (storage.fingerprint): replaced or appended
+    inputs make a new output folder instead of being reported as done.
+    """
     task = get_task(data.task)
     template = (
         build_messages(task, "{input}")
@@ -112,6 +116,7 @@ def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConf
         "version": SCHEMA_VERSION,
         "task": data.task,
         "source": data.source,
+        "source_files": storage.fingerprint(data.source) if data.source else None,
         "teacher": teacher.model_dump(
             include={
                 "engine",

@@ -87,11 +87,17 @@ class TrainSummary:
 
 
 def config_hash(train: TrainConfig, student: StudentConfig, task: str, source: str) -> str:
-    """A short hash of everything that changes the trained student."""
+    """A short hash of everything that changes the trained student.
+
+    The training and test files count by what they are now (storage.fingerprint), not only
+    by their names: a replaced `train.parquet` is trained on again.
+    """
     spec = {
         "version": SCHEMA_VERSION,
         "task": task,
         "source": source,
+        "source_files": storage.fingerprint(source),
+        "test_files": storage.fingerprint(train.test_data) if train.test_data else None,
         "train": train.model_dump(exclude=_NOT_HASHED),
         "student": student.model_dump(),
     }
