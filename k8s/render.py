@@ -178,7 +178,22 @@ PROFILES = (
             labels={"app.kubernetes.io/component": "teacher-serving"},
         ),
         config="configs/paper/svamp_palm_to_t5-v1_1-xxl_8gpu.yaml",
-        config_overrides={"pipeline.run_dir": "s3://dsbs-runs/paper/svamp-xxl"},
+        # The whole dsbs chain on GPUs: a 72B open teacher on vLLM (tensor parallel over one
+        # 8-GPU pod) writes the rationales, the paper's 11B student learns from them, scored on
+        # the paper's gold test split. To reproduce the paper's own run on PaLM's outputs
+        # instead, keep its train.data (the image holds configs/paper/).
+        config_overrides={
+            "data.source": "s3://dsbs-data/svamp/train.jsonl",
+            "teacher.engine": "vllm",
+            "teacher.model": "Qwen/Qwen2.5-72B-Instruct",
+            "teacher.use_gpu": True,
+            "teacher.tensor_parallel_size": 8,
+            "teacher.max_model_len": 4096,
+            "teacher.max_replicas": 2,
+            "train.data": None,
+            "train.test_data": "s3://dsbs-data/paper/svamp/test.parquet",
+            "pipeline.run_dir": "s3://dsbs-runs/svamp-xxl",
+        },
         service_account_annotations={
             # IRSA (EKS); on GKE: iam.gke.io/gcp-service-account. Replace with your role.
             "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/dsbs-s3",
@@ -509,8 +524,8 @@ def overlay_config(profile: Profile) -> str:
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    changes = ", ".join(f"{key}={value}" for key, value in profile.config_overrides.items())
-    head = f"# {profile.config} with {changes}\n"
+    changes = "".join(f"#   {key}={value}\n" for key, value in profile.config_overrides.items())
+    head = f"# {profile.config} with:\n{changes}"
     return HEADER + head + yaml.safe_dump(tree, sort_keys=False)
 
 
