@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dsbs import __version__
-from dsbs.config import Config, ConfigError, dump_config, load_config
+from dsbs.config import Config, ConfigError, adafactor_problem, dump_config, load_config
 from dsbs.data.paper import PAPER_DATASETS, SPLITS, import_paper
 from dsbs.data.quarantine import BadInputError
 from dsbs.data.synth import SYNTH_TASKS, synth
@@ -125,6 +125,9 @@ def _plan(args: argparse.Namespace) -> str:
     if "param" in offload and zero != 3:
         raise ConfigError("--offload param needs --zero 3")
     precision = "bf16" if cfg.train.use_gpu or args.config is None else cfg.train.precision
+    optimizer = args.optimizer or cfg.train.optimizer
+    if optimizer == "adafactor" and (problem := adafactor_problem(zero, precision)):
+        raise ConfigError(problem)
     request = PlanInput(
         preset=args.model or cfg.student.preset,
         gpus=args.gpus or cfg.train.num_workers,
@@ -133,7 +136,7 @@ def _plan(args: argparse.Namespace) -> str:
         offload_optimizer="optimizer" in offload,
         offload_param="param" in offload,
         precision="fp32" if precision == "fp32" else "bf16",
-        optimizer=args.optimizer or cfg.train.optimizer,
+        optimizer=optimizer,
         micro_batch_size=args.micro_batch or cfg.train.micro_batch_size,
         max_input_length=args.input_len or cfg.student.max_input_length,
         max_target_length=args.target_len or cfg.student.max_target_length,

@@ -25,6 +25,25 @@ StudentPreset = Literal[
 ]
 
 
+def adafactor_problem(zero_stage: int, precision: str) -> str | None:
+    """Why Adafactor cannot run with this ZeRO stage and precision, or None when it can.
+
+    Adafactor factors the second moment of each 2-D weight into a row and a column vector and
+    clips each update by the parameter's RMS. Under ZeRO (any stage) and under DeepSpeed's
+    bf16/fp16 optimizers it is handed flat 1-D partitions of fp32 master weights instead: it
+    would keep a full, unfactored second moment and clip per partition - another optimizer,
+    with Adam's memory.
+    """
+    if zero_stage == 0 and precision == "fp32":
+        return None
+    return (
+        "train.optimizer: Adafactor needs whole weight matrices, and DeepSpeed gives the "
+        f"optimizer flat partitions under ZeRO (zero_stage={zero_stage}) and under mixed "
+        f"precision (precision={precision}); use optimizer=adamw, or adafactor with "
+        "zero_stage=0 and precision=fp32"
+    )
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the dotted key and where the value came from."""
 
@@ -167,7 +186,8 @@ class TrainConfig(_Section):
     offload_param: bool = False
     """Keep parameters in CPU memory (ZeRO-3 only)."""
     optimizer: Literal["adamw", "adafactor"] = "adamw"
-    """AdamW as in the paper; Adafactor needs about a quarter of Adam's optimizer memory."""
+    """AdamW as in the paper; Adafactor (factored: about no optimizer memory) runs only with
+    zero_stage 0 and fp32, where DeepSpeed hands it whole weights."""
     lr: float = Field(5e-4, gt=0.0)
     """Peak learning rate (the paper uses 5e-5 for pretrained T5; from scratch wants more)."""
     weight_decay: float = Field(0.0, ge=0.0)
@@ -310,6 +330,10 @@ class Config(_Section):
             raise ValueError(
                 "train.valid_fraction: valid_fraction + test_fraction must leave rows to train on"
             )
+        if self.train.optimizer == "adafactor":
+            problem = adafactor_problem(self.train.zero_stage, self.train.precision)
+            if problem:
+                raise ValueError(problem)
         if self.train.offload_param and self.train.zero_stage != 3:
             raise ValueError("train.offload_param: parameter offload needs train.zero_stage=3")
         if self.teacher.min_replicas > self.teacher.max_replicas:

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from dsbs import cli
 from dsbs.train.plan import PlanInput, plan_memory
 
@@ -52,5 +54,27 @@ def test_model_states_are_deepspeeds_estimate_and_activations_grow_with_batch():
     assert bigger.activations > plan.activations and plan.max_micro_batch_size >= 8
     no_ckpt = plan_memory(PlanInput(**{**small.__dict__, "activation_checkpointing": False}))
     assert no_ckpt.activations > plan.activations
-    adafactor = plan_memory(PlanInput(**{**small.__dict__, "optimizer": "adafactor"}))
-    assert adafactor.deepspeed_model_states is None and adafactor.optimizer < plan.optimizer / 2
+    whole = {**small.__dict__, "zero_stage": 0, "precision": "fp32"}
+    adamw = plan_memory(PlanInput(**whole))
+    adafactor = plan_memory(PlanInput(**{**whole, "optimizer": "adafactor"}))
+    assert adafactor.deepspeed_model_states is None and adafactor.optimizer < adamw.optimizer / 2
+
+
+def test_adafactor_is_refused_where_deepspeed_hands_it_flat_partitions():
+    """Under ZeRO or mixed precision Adafactor got 1-D partitions: unfactored, clipped per part."""
+    from dsbs.config import ConfigError, load_config
+
+    for zero, precision in ((2, "bf16"), (1, "fp32"), (0, "bf16"), (3, "bf16")):
+        with pytest.raises(ValueError, match="Adafactor needs whole weight matrices"):
+            PlanInput(
+                preset="t5-small",
+                gpus=1,
+                gpu_mem_gb=80,
+                zero_stage=zero,
+                precision=precision,
+                optimizer="adafactor",
+            )
+    with pytest.raises(ConfigError, match="Adafactor needs whole weight matrices"):
+        load_config(None, ["train.optimizer=adafactor"])  # zero_stage 2 by default
+    cfg = load_config(None, ["train.optimizer=adafactor", "train.zero_stage=0"])
+    assert cfg.train.optimizer == "adafactor"

@@ -44,6 +44,14 @@ class PlanInput:
     """Whether the rationale task's forward pass is held too (distill_step_by_step)."""
     vocab_size: int = 32128
 
+    def __post_init__(self) -> None:
+        from dsbs.config import adafactor_problem
+
+        if self.optimizer == "adafactor" and (
+            problem := adafactor_problem(self.zero_stage, self.precision)
+        ):
+            raise ValueError(problem)
+
 
 @dataclass(frozen=True)
 class MemoryPlan:
