@@ -10,17 +10,37 @@ from dsbs.model_cache import fetch_folder
 from dsbs.student.presets import build_config
 
 log = logging.getLogger(__name__)
+_HF_DEEPSPEED_CONFIG: Any = None
 
 
-def build_student(student: StudentConfig, vocab_size: int, cache_dir: str = "~/.cache/dsbs") -> Any:
+def build_student(
+    student: StudentConfig,
+    vocab_size: int,
+    cache_dir: str = "~/.cache/dsbs",
+    ds_config: dict[str, Any] | None = None,
+) -> Any:
     """A fp32 T5ForConditionalGeneration: loaded from `student.model`, else built from the preset.
 
     Weights are fp32 here whatever the training precision; DeepSpeed casts them for bf16.
+    With a ZeRO-3 `ds_config` the model is built (and pretrained weights loaded) under
+    DeepSpeed's `zero.Init`: every parameter is partitioned as its layer is created, so a rank
+    never holds more than its share plus one layer (11B in fp32 is 44 GB per rank otherwise,
+    on every rank of a pod, before DeepSpeed even starts).
     """
     from transformers import AutoModelForSeq2SeqLM, T5ForConditionalGeneration
 
+    zero3 = (ds_config or {}).get("zero_optimization", {}).get("stage") == 3
     if student.model:
-        model = AutoModelForSeq2SeqLM.from_pretrained(fetch_folder(student.model, cache_dir))
+        folder = fetch_folder(student.model, cache_dir)
+        if zero3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # transformers builds under zero.Init and loads each shard into the partitions
+            # while this object is alive (a weak reference finds it); resizing the embeddings
+            # and generation consult it too, so it lives as long as the process trains.
+            global _HF_DEEPSPEED_CONFIG
+            _HF_DEEPSPEED_CONFIG = HfDeepSpeedConfig(ds_config)
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder)
         if model.config.vocab_size < vocab_size:
             model.resize_token_embeddings(vocab_size)
         return model
@@ -28,4 +48,10 @@ def build_student(student: StudentConfig, vocab_size: int, cache_dir: str = "~/.
         "building %s from config (no pretrained weights given): random initialisation",
         student.preset,
     )
-    return T5ForConditionalGeneration(build_config(student.preset, vocab_size))
+    config = build_config(student.preset, vocab_size)
+    if zero3:
+        import deepspeed
+
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            return T5ForConditionalGeneration(config)
+    return T5ForConditionalGeneration(config)

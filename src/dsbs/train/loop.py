@@ -80,12 +80,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(train.seed)  # same initial weights on every rank (ZeRO-3 partitions them)
     tokenizer = load_tokenizer(fetch_folder(spec.tokenizer_dir))
-    model = build_student(student, len(tokenizer))
+    ds_config = deepspeed_config(train)
+    # Under ZeRO-3 each rank builds only its partition of the model (zero.Init).
+    model = build_student(student, len(tokenizer), ds_config=ds_config)
     apply_activation_checkpointing(model, train)
     optimizer = build_optimizer(train, [p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     state = _restore(engine, train)
     rationale = train.mode == "distill_step_by_step"
