@@ -132,6 +132,7 @@ def _plan(args: argparse.Namespace) -> str:
         preset=args.model or cfg.student.preset,
         gpus=args.gpus or cfg.train.num_workers,
         gpu_mem_gb=args.gpu_mem_gb,
+        host_mem_gb=args.host_mem_gb,
         zero_stage=zero,
         offload_optimizer="optimizer" in offload,
         offload_param="param" in offload,
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--model", choices=sorted(PRESETS), help="student preset (config's)")
     plan.add_argument("--gpus", type=int, help="GPUs (config's train.num_workers)")
     plan.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory per GPU (80)")
+    plan.add_argument(
+        "--host-mem-gb", type=float, default=None, help="host RAM per node (checked when given)"
+    )
     plan.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage")
     plan.add_argument(
         "--offload", nargs="*", choices=("optimizer", "param"), help="what to keep in CPU memory"

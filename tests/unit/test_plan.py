@@ -78,3 +78,16 @@ def test_adafactor_is_refused_where_deepspeed_hands_it_flat_partitions():
         load_config(None, ["train.optimizer=adafactor"])  # zero_stage 2 by default
     cfg = load_config(None, ["train.optimizer=adafactor", "train.zero_stage=0"])
     assert cfg.train.optimizer == "adafactor"
+
+
+def test_host_ram_per_rank_counts_the_whole_model_unless_zero3_builds_it_partitioned():
+    """ZeRO-2 builds all of xxl in fp32 on every rank: 8 ranks of a pod need ~330 GB of host RAM."""
+    xxl = {"preset": "t5-v1_1-xxl", "gpus": 8, "gpu_mem_gb": 80}
+    zero2 = plan_memory(PlanInput(**xxl, zero_stage=2, host_mem_gb=256))
+    zero3 = plan_memory(PlanInput(**xxl, zero_stage=3, host_mem_gb=256))
+    assert zero2.host_ram_per_rank >= 4 * zero2.params
+    assert zero3.host_ram_per_rank < zero2.host_ram_per_rank / 6
+    assert not zero2.host_fits and not zero2.fits
+    assert zero3.host_fits and zero3.fits
+    offloaded = plan_memory(PlanInput(**xxl, zero_stage=3, offload_optimizer=True))
+    assert offloaded.host_ram_per_rank > zero3.host_ram_per_rank + 10 * zero3.params // 8

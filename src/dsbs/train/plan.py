@@ -21,6 +21,7 @@ GIB = 1024**3
 RUNTIME_OVERHEAD_BYTES = int(1.5 * GIB)
 """CUDA context, NCCL buffers and allocator slack, per GPU."""
 USABLE_FRACTION = 0.95
+GPUS_PER_NODE = 8  # ranks that share one host's RAM (a pod of 8 GPUs)
 """Share of a GPU's memory a plan may fill (fragmentation needs the rest)."""
 
 
@@ -43,6 +44,8 @@ class PlanInput:
     rationale: bool = True
     """Whether the rationale task's forward pass is held too (distill_step_by_step)."""
     vocab_size: int = 32128
+    host_mem_gb: float | None = None
+    """Host RAM per node; when given, the verdict checks it too."""
 
     def __post_init__(self) -> None:
         from dsbs.config import adafactor_problem
@@ -67,6 +70,11 @@ class MemoryPlan:
     overhead: int
     deepspeed_model_states: int | None
     """DeepSpeed's estimate of weights + gradients + optimizer (bf16 + Adam only)."""
+    host_ram_per_rank: int
+    """Host RAM each rank needs: the model as it is built (all of it in fp32, or under ZeRO-3's
+    zero.Init its partition plus one layer) and the states offloaded to the host. Loading
+    pretrained weights adds one checkpoint shard while it lasts."""
+    host_fits: bool
     fits: bool
     max_micro_batch_size: int
     """Largest micro-batch that fits (0: not even 1)."""
@@ -155,6 +163,18 @@ def _deepspeed_estimate(p: PlanInput, params: int, largest: int) -> int | None:
     return int(gpu)
 
 
+def host_ram_per_rank(p: PlanInput, params: int, largest: int) -> int:
+    """Host bytes per rank: building the fp32 model, and offloaded optimizer/parameter states."""
+    n = max(1, p.gpus)
+    build = 4 * params // n + 4 * largest if p.zero_stage == 3 else 4 * params
+    offloaded = 0
+    if p.offload_optimizer:
+        offloaded += (4 + 8) * params // n  # fp32 master weights + Adam's two moments
+    if p.offload_param:
+        offloaded += (2 if p.precision == "bf16" else 4) * params // n
+    return build + offloaded
+
+
 def plan_memory(p: PlanInput) -> MemoryPlan:
     """The per-GPU memory plan for `p`, with the largest micro-batch that fits."""
     params, largest = count_params(p.preset, p.vocab_size)
@@ -175,6 +195,10 @@ def plan_memory(p: PlanInput) -> MemoryPlan:
             break
         best = micro_batch
     activations = _activations(p, p.micro_batch_size)
+    host = host_ram_per_rank(p, params, largest)
+    host_fits = p.host_mem_gb is None or (
+        host * min(p.gpus, GPUS_PER_NODE) <= p.host_mem_gb * GIB * USABLE_FRACTION
+    )
     return MemoryPlan(
         params=params,
         largest_layer_params=largest,
@@ -185,7 +209,9 @@ def plan_memory(p: PlanInput) -> MemoryPlan:
         activations=activations,
         overhead=RUNTIME_OVERHEAD_BYTES,
         deepspeed_model_states=estimate,
-        fits=fixed + activations <= budget,
+        host_ram_per_rank=host,
+        host_fits=host_fits,
+        fits=fixed + activations <= budget and host_fits,
         max_micro_batch_size=best,
     )
 
@@ -220,7 +246,12 @@ def format_plan(p: PlanInput, plan: MemoryPlan) -> str:
         f"  runtime overhead {gb(plan.overhead)}",
         f"  total per GPU    {gb(plan.total)}  of {p.gpu_mem_gb * USABLE_FRACTION:.1f} GB usable",
         f"  DeepSpeed's estimate of model states: {ds}",
-        f"{'FITS' if plan.fits else 'DOES NOT FIT'}; largest micro-batch that fits: "
+        f"  host RAM         {gb(plan.host_ram_per_rank)}  per rank, "
+        f"{plan.host_ram_per_rank * min(p.gpus, GPUS_PER_NODE) / GIB:.1f} GiB per node of "
+        f"{min(p.gpus, GPUS_PER_NODE)} GPUs"
+        + (f" (of {p.host_mem_gb:g} GB)" if p.host_mem_gb else ""),
+        f"{'FITS' if plan.fits else 'DOES NOT FIT'}"
+        f"{'' if plan.host_fits else ' (host RAM per node)'}; largest micro-batch that fits: "
         f"{plan.max_micro_batch_size}",
     ]
     return "\n".join(lines)
