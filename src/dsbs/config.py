@@ -185,6 +185,10 @@ class TrainConfig(_Section):
     """Keep optimizer states in CPU memory (ZeRO-Offload)."""
     offload_param: bool = False
     """Keep parameters in CPU memory (ZeRO-3 only)."""
+    export_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """The exported student's weights: auto is the training precision (bf16 -> bfloat16)."""
+    export_shard_gb: float = Field(5.0, gt=0.0)
+    """Largest safetensors file of the export, in GiB (written shard by shard)."""
     optimizer: Literal["adamw", "adafactor"] = "adamw"
     """AdamW as in the paper; Adafactor (factored: about no optimizer memory) runs only with
     zero_stage 0 and fp32, where DeepSpeed hands it whole weights."""

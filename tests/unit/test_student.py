@@ -63,3 +63,63 @@ def test_an_export_without_the_dsbs_file_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=STUDENT_FILE):
         load_student(str(tmp_path))
+
+
+def test_export_in_size_capped_shards_and_the_training_dtype(tmp_path, monkeypatch):
+    """The export was one fp32 state dict held whole by rank 0 (44 GB for xxl)."""
+    import json
+    import os
+
+    from transformers import T5ForConditionalGeneration
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from dsbs.student.export import gathered_shards
+
+    tokenizer = train_tokenizer([f"predict: {i} plus {i}" for i in range(100)], 80, tmp_path / "t")
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(build_config("t5-tiny", len(tokenizer))).eval()
+    info = StudentInfo(
+        task="svamp",
+        mode="distill_step_by_step",
+        preset="t5-tiny",
+        max_input_length=32,
+        max_target_length=8,
+        steps=3,
+        version="abc",
+    )
+    cap = 200_000
+    shards = list(gathered_shards(model, torch.float32, cap, receive=True))
+    assert len(shards) > 2
+    assert all(sum(t.numel() * 4 for t in s.values()) <= cap or len(s) == 1 for s in shards)
+    names = [k for s in shards for k in s]
+    assert len(names) == len(set(names)) and "shared.weight" in names
+    assert "lm_head.weight" not in names or "shared.weight" not in names  # tied: written once
+    assert list(gathered_shards(model, torch.float32, cap, receive=False)) == []
+
+    out = tmp_path / "student"
+    save_student(model, tokenizer, info, str(out), shards=shards, dtype=torch.float32)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
+    }
+    loaded, loaded_tokenizer, _ = load_student(str(out))
+    inputs = ["predict: 3 plus 3", "predict: 12 plus 12"]
+    assert generate_texts(loaded, loaded_tokenizer, inputs, 32, 8) == generate_texts(
+        model, tokenizer, inputs, 32, 8
+    )
+
+    half = tmp_path / "bf16"
+    save_student(
+        model,
+        tokenizer,
+        info,
+        str(half),
+        shards=gathered_shards(model, torch.bfloat16, 10**9, receive=True),
+        dtype=torch.bfloat16,
+    )
+    assert (half / "model.safetensors").stat().st_size < 0.6 * sum(
+        (out / f).stat().st_size for f in set(index["weight_map"].values())
+    )
+    assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
+    as_fp32, _, _ = load_student(str(half), dtype=torch.float32)
+    assert next(as_fp32.parameters()).dtype == torch.float32

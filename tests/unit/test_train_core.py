@@ -192,7 +192,6 @@ def test_deepspeed_config_follows_the_train_section():
     )
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
-    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (4, 2)
     assert ds["bf16"]["enabled"] is False
     assert deepspeed_config(TrainConfig(use_gpu=True, precision="bf16"))["bf16"]["enabled"] is True

@@ -1,7 +1,8 @@
 """The exported student: a Hugging Face folder plus a small dsbs file naming task and prefixes.
 
     student/
-      config.json, model.safetensors, generation_config.json   (AutoModelForSeq2SeqLM)
+      config.json, model.safetensors (or model-0000N-of-0000M.safetensors + index),
+      generation_config.json                                    (AutoModelForSeq2SeqLM)
       tokenizer.json, tokenizer_config.json                    (AutoTokenizer)
       dsbs_student.json                                        (StudentInfo; written last)
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,19 +54,95 @@ class StudentInfo:
     """Prefix of the rationale task's input (empty when no rationale was learned)."""
 
 
+def gathered_shards(
+    model: Any, dtype: Any, max_shard_bytes: int, receive: bool
+) -> Iterator[dict[str, Any]]:
+    """The model's weights in `dtype`, as state-dict shards of at most `max_shard_bytes`.
+
+    One module at a time: under ZeRO-3 each module's parameters are gathered from all ranks
+    (deepspeed.zero.GatheredParameters, public API) and released again, so neither a GPU nor
+    the host ever holds more than one shard plus one layer; without ZeRO-3 the gather is a
+    no-op. A collective: every rank iterates, only where `receive` are tensors copied and
+    shards yielded (the others get none). Tied weights are written once, under their first
+    name (`shared.weight` for T5); loading ties them again.
+    """
+    import deepspeed
+
+    shard: dict[str, Any] = {}
+    size = 0
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        params = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for _, p in params)
+        if not params:
+            continue
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
+            if not receive:
+                continue
+            for name, param in params:
+                tensor = param.detach().to(dtype=dtype, device="cpu", copy=True)
+                nbytes = tensor.numel() * tensor.element_size()
+                if shard and size + nbytes > max_shard_bytes:
+                    yield shard
+                    shard, size = {}, 0
+                shard[f"{prefix}.{name}" if prefix else name] = tensor
+                size += nbytes
+    if receive and shard:
+        yield shard
+
+
 def save_student(
     model: Any,
     tokenizer: Any,
     info: StudentInfo,
     uri: str,
-    state_dict: dict[str, Any] | None = None,
+    shards: Iterable[dict[str, Any]] | None = None,
+    dtype: Any = None,
 ) -> None:
-    """Writes the export to `uri` (local or s3://); `state_dict` overrides the model's own.
+    """Writes the export to `uri` (local or s3://).
 
-    Under ZeRO-3 the caller passes the consolidated state dict gathered from all ranks.
+    `shards` (from `gathered_shards`) are written as they come, as size-capped safetensors
+    files with Hugging Face's index, so a large model never sits whole in memory; without
+    them the model's own weights are saved. `dtype` is what the config records.
     """
+    from safetensors.torch import save_file
+
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict)
+        if shards is None:
+            model.save_pretrained(tmp)
+        else:
+            weight_map: dict[str, str] = {}
+            total = 0
+            names = []
+            for i, shard in enumerate(shards):
+                name = f"part-{i:05d}.safetensors"
+                save_file(shard, str(Path(tmp) / name), metadata={"format": "pt"})
+                names.append(name)
+                for key, tensor in shard.items():
+                    weight_map[key] = name
+                    total += tensor.numel() * tensor.element_size()
+            final = (
+                {names[0]: "model.safetensors"}
+                if len(names) == 1
+                else {
+                    n: f"model-{i + 1:05d}-of-{len(names):05d}.safetensors"
+                    for i, n in enumerate(names)
+                }
+            )
+            for old, new in final.items():
+                (Path(tmp) / old).rename(Path(tmp) / new)
+            if len(names) > 1:
+                index = {
+                    "metadata": {"total_size": total},
+                    "weight_map": {k: final[v] for k, v in sorted(weight_map.items())},
+                }
+                (Path(tmp) / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+            config = model.config
+            if dtype is not None:
+                config.dtype = dtype
+            config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
         for path in files:

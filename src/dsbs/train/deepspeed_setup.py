@@ -15,9 +15,6 @@ def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": train.zero_stage}
     if train.zero_stage >= 2:
         zero.update(overlap_comm=train.use_gpu, contiguous_gradients=True)
-    if train.zero_stage == 3:
-        # Gather the full weights when exporting; without it ZeRO-3 saves empty tensors.
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
     if train.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": train.use_gpu}
     if train.offload_param:

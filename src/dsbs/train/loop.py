@@ -27,7 +27,13 @@ from dsbs.config import StudentConfig, TrainConfig
 from dsbs.model_cache import fetch_folder
 from dsbs.rundir import write_json
 from dsbs.student.decode import generate_texts
-from dsbs.student.export import LABEL_PREFIX, RATIONALE_PREFIX, StudentInfo, save_student
+from dsbs.student.export import (
+    LABEL_PREFIX,
+    RATIONALE_PREFIX,
+    StudentInfo,
+    gathered_shards,
+    save_student,
+)
 from dsbs.student.model import build_student
 from dsbs.student.tokenizer import load_tokenizer
 from dsbs.tasks import get_task
@@ -414,14 +420,10 @@ def _export(
     state: _State,
     rank: int,
 ) -> None:
-    """One consolidated Hugging Face folder, written by rank 0 only."""
-    if train.zero_stage == 3:
-        # Collective: every rank sends its shards; only rank 0 receives the full state dict.
-        state_dict = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state_dict = engine.module.state_dict() if rank == 0 else None
-    if rank != 0:
-        return
+    """One Hugging Face folder in the export dtype, in size-capped shards, written by rank 0.
+
+    Every rank takes part (ZeRO-3 gathers each module from all of them); rank 0 alone writes.
+    """
     info = StudentInfo(
         task=spec.task,
         mode=train.mode,
@@ -432,8 +434,24 @@ def _export(
         version=spec.version,
         rationale_prefix=RATIONALE_PREFIX if train.mode == "distill_step_by_step" else "",
     )
-    state_dict = {k: v.detach().float().cpu() for k, v in state_dict.items()}
-    save_student(engine.module, tokenizer, info, storage.join(spec.out_dir, "student"), state_dict)
+    dtype = export_dtype(train)
+    shards = gathered_shards(
+        engine.module, dtype, int(train.export_shard_gb * 2**30), receive=rank == 0
+    )
+    if rank != 0:
+        for _ in shards:  # the collective gathers, without keeping anything
+            pass
+        return
+    out = storage.join(spec.out_dir, "student")
+    save_student(engine.module, tokenizer, info, out, shards=shards, dtype=dtype)
+
+
+def export_dtype(train: TrainConfig) -> torch.dtype:
+    """The dtype the student is exported in: the training dtype unless train.export_dtype says."""
+    name = train.export_dtype
+    if name == "auto":
+        name = "bfloat16" if train.precision == "bf16" else "float32"
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
 def _write_history(spec: LoopSpec, state: _State) -> None:
