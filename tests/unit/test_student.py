@@ -33,7 +33,9 @@ def test_presets_have_the_published_t5_v1_1_shapes():
     }
 
 
-def test_export_round_trip_predicts_the_same(tmp_path):
+@pytest.fixture
+def tiny(tmp_path):
+    """(model, tokenizer, info): an untrained t5-tiny with its tokenizer, ready to export."""
     from transformers import T5ForConditionalGeneration
 
     tokenizer = train_tokenizer(
@@ -50,6 +52,11 @@ def test_export_round_trip_predicts_the_same(tmp_path):
         steps=3,
         version="abc",
     )
+    return model, tokenizer, info
+
+
+def test_export_round_trip_predicts_the_same(tiny, tmp_path):
+    model, tokenizer, info = tiny
     save_student(model, tokenizer, info, str(tmp_path / "student"))
     loaded, loaded_tokenizer, loaded_info = load_student(str(tmp_path / "student"))
     assert loaded_info == info
@@ -65,28 +72,15 @@ def test_an_export_without_the_dsbs_file_is_refused(tmp_path):
         load_student(str(tmp_path))
 
 
-def test_export_in_size_capped_shards_and_the_training_dtype(tmp_path, monkeypatch):
+def test_export_in_size_capped_shards_and_the_training_dtype(tiny, tmp_path):
     """The export was one fp32 state dict held whole by rank 0 (44 GB for xxl)."""
     import json
     import os
 
-    from transformers import T5ForConditionalGeneration
-
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from dsbs.student.export import gathered_shards
 
-    tokenizer = train_tokenizer([f"predict: {i} plus {i}" for i in range(100)], 80, tmp_path / "t")
-    torch.manual_seed(0)
-    model = T5ForConditionalGeneration(build_config("t5-tiny", len(tokenizer))).eval()
-    info = StudentInfo(
-        task="svamp",
-        mode="distill_step_by_step",
-        preset="t5-tiny",
-        max_input_length=32,
-        max_target_length=8,
-        steps=3,
-        version="abc",
-    )
+    model, tokenizer, info = tiny
     cap = 200_000
     shards = list(gathered_shards(model, torch.float32, cap, receive=True))
     assert len(shards) > 2
