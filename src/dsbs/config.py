@@ -154,6 +154,9 @@ class StudentConfig(_Section):
     """A SentencePiece tokenizer to reuse; None trains one on the training text."""
     vocab_size: int = Field(2000, ge=100)
     """Vocabulary of a tokenizer trained on the task text; small data wants a small vocab."""
+    tokenizer_sample_rows: int = Field(20_000, ge=100)
+    """Training rows (an even sample) a tokenizer is trained on: bounds the driver's memory;
+    20,000 rows of one task's text hold far more than a few thousand pieces need."""
     max_input_length: int = Field(256, gt=0)
     """Input tokens kept; longer inputs are truncated and counted."""
     max_target_length: int = Field(192, gt=0)
@@ -206,6 +209,13 @@ class TrainConfig(_Section):
     """Examples per worker per forward pass."""
     length_grouping: int = Field(16, ge=1)
     """Micro-batches fetched from Ray Data at once and grouped by length (1: fetch order)."""
+    data_cpus: float = Field(0.0, ge=0.0)
+    """CPUs each Ray Data read task of the split shards asks for. 0 lets reading share the
+    training workers' CPUs (parquet text is cheap to read, and a machine whose CPUs all train
+    has none left over); give it a share where CPU nodes are there for data."""
+    shuffle_buffer_rows: int = Field(16_384, ge=1)
+    """Rows each worker shuffles among as it streams its shard (about a kilobyte of memory a
+    row); at least a worker's rows per pass shuffles each pass completely."""
     grad_accum_steps: int = Field(1, ge=1)
     """Micro-batches accumulated per optimizer step."""
     max_grad_norm: float = Field(1.0, gt=0.0)

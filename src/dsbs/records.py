@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,18 +133,25 @@ def write_records(uri: str, records: Iterable[Record]) -> None:
 
 
 def read_records(uri: str) -> list[Record]:
-    """Reads records from a file or a folder/prefix of shards.
+    """Reads records from a file or a folder/prefix of shards (all of them, in memory).
 
     Raises:
         StorageError: on an unreadable file or a malformed row, naming file and line.
     """
-    records = []
+    return list(iter_records(uri))
+
+
+def iter_records(uri: str) -> Iterator[Record]:
+    """Streams records from a file or a folder/prefix of shards, file by file.
+
+    Raises:
+        StorageError: on an unreadable file or a malformed row, naming file and line.
+    """
     for file in storage.row_files(uri):
         for row in storage.iter_rows(file):
             if row.data is None:
                 raise storage.StorageError(f"{row.file}:{row.line}: {row.error}")
             try:
-                records.append(Record.from_row(row.data))
+                yield Record.from_row(row.data)
             except ValueError as err:
                 raise storage.StorageError(f"{row.file}:{row.line}: {err}") from err
-    return records

@@ -16,8 +16,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -230,27 +232,80 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
+def upload_file(local: str, uri: str) -> None:
+    """Copies a local file to `uri` without reading it into memory (checkpoint shards are GBs).
+
+    S3 uploads in parts; a local target is written beside and renamed, like write_bytes.
+    """
+    try:
+        if is_s3(uri):
+            bucket, key = _split_s3(uri)
+            s3_client().upload_file(local, bucket, key)
+            return
+        target = Path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, target)
+    except Exception as err:
+        raise StorageError(f"{uri}: cannot write: {err}") from err
+
+
 def iter_rows(uri: str) -> Iterator[SourceRow]:
     """Rows of one jsonl, csv or parquet file, bad ones included with the reason.
 
     A jsonl line that is not UTF-8 or not a JSON object, or a csv line with the wrong
     number of fields, comes back with `data=None` and an `error`, so that callers can
-    quarantine it and go on. Blank jsonl lines are skipped.
+    quarantine it and go on. Blank jsonl lines are skipped. jsonl and parquet stream (a line,
+    a row group at a time), so a file of millions of rows is never held whole.
     """
     fmt = format_of(uri)
-    data = read_bytes(uri)
     if fmt == "parquet":
-        table = pq.read_table(io.BytesIO(data))
-        for number, row in enumerate(table.to_pylist(), start=1):
-            yield SourceRow(uri, number, row)
+        number = 0
+        with _open_binary(uri) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield SourceRow(uri, number, row)
     elif fmt == "csv":
-        yield from _iter_csv(uri, data)
+        yield from _iter_csv(uri, read_bytes(uri))
     else:
-        yield from _iter_jsonl(uri, data)
+        yield from _iter_jsonl(uri, _lines(uri))
 
 
-def _iter_jsonl(uri: str, data: bytes) -> Iterator[SourceRow]:
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+@contextmanager
+def _open_binary(uri: str) -> Iterator[Any]:
+    """A seekable binary handle on a local file or S3 object (parquet reads its footer first)."""
+    try:
+        from pyarrow import fs
+
+        filesystem, path = pyarrow_filesystem(uri)
+        handle = (filesystem or fs.LocalFileSystem()).open_input_file(path)
+    except Exception as err:
+        raise StorageError(f"{uri}: cannot read: {err}") from err
+    with handle:
+        yield handle
+
+
+def _lines(uri: str) -> Iterator[bytes]:
+    """The lines of a local file or S3 object, without their line ends, as they stream in."""
+    try:
+        if is_s3(uri):
+            bucket, key = _split_s3(uri)
+            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+            yield from body.iter_lines(keepends=False)
+            return
+        with open(uri, "rb") as handle:
+            for line in handle:
+                yield line.rstrip(b"\n")
+    except StorageError:
+        raise
+    except Exception as err:
+        raise StorageError(f"{uri}: cannot read: {err}") from err
+
+
+def _iter_jsonl(uri: str, lines: Iterable[bytes]) -> Iterator[SourceRow]:
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:

@@ -7,63 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from dsbs.config import TrainConfig
-from dsbs.records import Record
 from dsbs.student.presets import build_config
 from dsbs.student.tokenizer import train_tokenizer
+from dsbs.train.data import MIN_PASS_ROWS, pass_copies
 from dsbs.train.deepspeed_setup import deepspeed_config, lr_lambda
 from dsbs.train.examples import (
     IGNORE_INDEX,
     Collator,
-    Example,
     length_grouped,
-    select_examples,
-    split_examples,
 )
 from dsbs.train.loss import multitask_loss
-from dsbs.train.trainer import MIN_PASS_ROWS, epoch_rows
-
-RECORDS = [
-    Record(
-        id="a",
-        task="svamp",
-        input="2 plus 3?",
-        label="( 2 + 3 )",
-        teacher_label="( 2 + 3 )",
-        rationale="2 + 3 = 5.",
-    ),
-    Record(
-        id="b",
-        task="svamp",
-        input="4 times 2?",
-        label="( 4 * 2 )",
-        teacher_label=None,
-        rationale=None,
-    ),
-    Record(
-        id="c",
-        task="svamp",
-        input="9 minus 1?",
-        label=None,
-        teacher_label="( 9 - 1 )",
-        rationale="9 - 1 = 8.",
-    ),
-    Record(
-        id="d",
-        task="svamp",
-        input="6 over 3?",
-        label="( 6 / 3 )",
-        teacher_label="( 6 / 2 )",
-        rationale="",
-    ),
-    Record(
-        id="e",
-        task="svamp",
-        input="   ",
-        label="( 1 + 1 )",
-        teacher_label="( 1 + 1 )",
-        rationale="x",
-    ),
-]
 
 
 @pytest.fixture(scope="module")
@@ -72,50 +25,6 @@ def tokenizer(tmp_path_factory):
         f"predict: {i} plus {i + 1}? explain: {i} + {i + 1} = {2 * i + 1}." for i in range(200)
     ]
     return train_tokenizer(texts, 120, tmp_path_factory.mktemp("tok"))
-
-
-def test_each_mode_learns_its_label_and_counts_what_it_skips():
-    examples, skipped = select_examples(RECORDS, "standard_finetune", "gold")
-    assert [e.id for e in examples] == ["a", "b", "d"] and all(e.rationale == "" for e in examples)
-    assert skipped == {"no_label": 1, "empty_input": 1}
-
-    examples, skipped = select_examples(RECORDS, "standard_distill", "teacher")
-    assert [(e.id, e.label) for e in examples] == [
-        ("a", "( 2 + 3 )"),
-        ("c", "( 9 - 1 )"),
-        ("d", "( 6 / 2 )"),
-    ]
-    assert skipped == {"no_teacher_label": 1, "empty_input": 1}
-
-    examples, skipped = select_examples(RECORDS, "distill_step_by_step", "teacher")
-    assert [e.id for e in examples] == ["a", "c"]
-    assert examples[1].gold == "" and examples[0].rationale == "2 + 3 = 5."
-    assert skipped == {"no_teacher_label": 1, "no_rationale": 1, "empty_input": 1}
-
-    examples, _ = select_examples(RECORDS, "distill_step_by_step", "gold")
-    assert [(e.id, e.label) for e in examples] == [("a", "( 2 + 3 )")]
-
-
-def _examples(n: int) -> list[Example]:
-    return [
-        Example(id=f"r{i}", input=f"q{i}", label="1", rationale="r", gold="1") for i in range(n)
-    ]
-
-
-def test_splits_are_stable_disjoint_and_subsamples_nest():
-    rows = _examples(2000)
-    a = split_examples(rows, 0.1, 0.1, 1.0, seed=0)
-    b = split_examples(list(reversed(rows)), 0.1, 0.1, 1.0, seed=0)
-    assert {e.id for e in a.valid} == {e.id for e in b.valid}
-    ids = [e.id for part in (a.train, a.valid, a.test) for e in part]
-    assert len(ids) == len(set(ids)) == 2000
-    assert 150 < len(a.valid) < 250 and 150 < len(a.test) < 250
-    quarter = {e.id for e in split_examples(rows, 0.1, 0.1, 0.25, seed=0).train}
-    half = {e.id for e in split_examples(rows, 0.1, 0.1, 0.5, seed=0).train}
-    assert quarter < half and 0.2 < len(quarter) / len(a.train) < 0.3
-    with_test = split_examples(rows, 0.1, 0.1, 1.0, seed=0, test=rows[:5])
-    assert [e.id for e in with_test.test] == ["r0", "r1", "r2", "r3", "r4"]
-    assert len(with_test.train) + len(with_test.valid) == 2000
 
 
 def test_collator_pads_masks_labels_and_counts_truncation(tokenizer):
@@ -226,15 +135,12 @@ def test_length_grouping_keeps_every_full_micro_batch_and_sorts_within():
     assert sorted(x for g in unsorted for x in g["input"]) == sorted(batch["input"][:32])
 
 
-def test_small_datasets_are_repeated_within_one_pass_with_each_copy_shuffled():
-    rows = _examples(100)
-    splits = split_examples(rows, 0.0, 0.0, 1.0, seed=0)
-    few_steps = epoch_rows(splits, TrainConfig(max_steps=5, num_workers=2, micro_batch_size=8))
-    assert len(few_steps) == 100  # 80 rows needed: one epoch
-    many = epoch_rows(splits, TrainConfig(max_steps=10_000, num_workers=2, micro_batch_size=8))
-    assert len(many) == 16_400 and len(many) >= MIN_PASS_ROWS
-    first, second = [r["id"] for r in many[:100]], [r["id"] for r in many[100:200]]
-    assert sorted(first) == sorted(second) and first != second
+def test_small_datasets_are_repeated_within_one_pass():
+    few_steps = pass_copies(100, TrainConfig(max_steps=5, num_workers=2, micro_batch_size=8))
+    assert few_steps == 1  # 80 rows needed: one epoch
+    many = pass_copies(100, TrainConfig(max_steps=10_000, num_workers=2, micro_batch_size=8))
+    assert many == 164 and many * 100 >= MIN_PASS_ROWS
+    assert pass_copies(10**6, TrainConfig(max_steps=10_000)) == 1
 
 
 class _Recorded(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,39 +43,28 @@ def label_target(record: Record, mode: str, label_source: str) -> str | None:
     return record.teacher_label
 
 
-def select_examples(
-    records: Iterable[Record], mode: str, label_source: str
-) -> tuple[list[Example], Counter[str]]:
-    """The examples a mode can learn from, and the count of skipped rows by reason.
+def to_example(record: Record, mode: str, label_source: str) -> Example | str:
+    """The example a mode learns from `record`, or the reason it cannot learn from it.
 
     A row without the label its mode needs (or, for `distill_step_by_step`, without a
-    rationale) is skipped and counted, never crashed on.
+    rationale) is skipped and counted by that reason, never crashed on.
     """
-    examples, skipped = [], Counter[str]()
-    for record in records:
-        label = label_target(record, mode, label_source)
-        rationale = record.rationale or ""
-        if not record.input.strip():
-            skipped["empty_input"] += 1
-        elif not label:
-            skipped[
-                "no_label"
-                if label_source == "gold" or mode == "standard_finetune"
-                else "no_teacher_label"
-            ] += 1
-        elif mode == "distill_step_by_step" and not rationale.strip():
-            skipped["no_rationale"] += 1
-        else:
-            examples.append(
-                Example(
-                    id=record.id,
-                    input=record.input,
-                    label=label,
-                    rationale=rationale if mode == "distill_step_by_step" else "",
-                    gold=record.label or "",
-                )
-            )
-    return examples, skipped
+    label = label_target(record, mode, label_source)
+    rationale = record.rationale or ""
+    if not record.input.strip():
+        return "empty_input"
+    if not label:
+        gold = label_source == "gold" or mode == "standard_finetune"
+        return "no_label" if gold else "no_teacher_label"
+    if mode == "distill_step_by_step" and not rationale.strip():
+        return "no_rationale"
+    return Example(
+        id=record.id,
+        input=record.input,
+        label=label,
+        rationale=rationale if mode == "distill_step_by_step" else "",
+        gold=record.label or "",
+    )
 
 
 def _unit(seed: int, salt: str, example_id: str) -> float:
@@ -84,40 +73,16 @@ def _unit(seed: int, salt: str, example_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-@dataclass(frozen=True)
-class Splits:
-    """Train, validation and test examples."""
-
-    train: list[Example]
-    valid: list[Example]
-    test: list[Example]
-
-
-def split_examples(
-    examples: Sequence[Example],
-    valid_fraction: float,
-    test_fraction: float,
-    subsample: float,
-    seed: int,
-    test: Sequence[Example] | None = None,
-) -> Splits:
-    """Splits by a hash of (seed, id), then keeps a `subsample` of the training rows.
-
-    Hash-based membership keeps splits fixed when rows are added or reordered, and makes the
-    subsamples of a data-size sweep nested (the 25% rows include the 12.5% rows). With an
-    explicit `test` set, no rows are held out for testing.
-    """
-    test_share = 0.0 if test is not None else test_fraction
-    train, valid, held = [], [], []
-    for example in examples:
-        u = _unit(seed, "split", example.id)
-        if u < test_share:
-            held.append(example)
-        elif u < test_share + valid_fraction:
-            valid.append(example)
-        elif _unit(seed, "subsample", example.id) < subsample:
-            train.append(example)
-    return Splits(train=train, valid=valid, test=list(test) if test is not None else held)
+def split_of(
+    example_id: str, valid_fraction: float, test_fraction: float, subsample: float, seed: int
+) -> str | None:
+    """The split an example belongs to by a hash of (seed, id); None when subsampled away."""
+    u = _unit(seed, "split", example_id)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + valid_fraction:
+        return "valid"
+    return "train" if _unit(seed, "subsample", example_id) < subsample else None
 
 
 def _encode(
@@ -178,7 +143,7 @@ class Collator:
 
 
 def length_grouped(
-    batch: dict[str, Sequence[str]], micro_batch_size: int, rng: random.Random, sort: bool = True
+    batch: Mapping[str, Sequence[str]], micro_batch_size: int, rng: random.Random, sort: bool = True
 ) -> list[dict[str, list[str]]]:
     """Splits a fetched batch into full micro-batches of similar length, in shuffled order.
 

@@ -1,11 +1,16 @@
-"""The training loop each Ray Train worker runs: DeepSpeed, the multi-task step, eval, export.
+"""The training core: DeepSpeed, the multi-task step, evaluation, checkpoints and the export.
 
-spec -> tokenizer + student -> deepspeed.initialize (ZeRO stage from config)
-  -> resume from the latest checkpoint (Ray Train's after a failure, else `resume_from`)
-  -> for each micro-batch of this worker's Ray Data shard: multitask_loss, backward, step
+spec -> tokenizer + student (partitioned under ZeRO-3) -> deepspeed.initialize
+  -> resume from the latest checkpoint the store holds
+  -> for each micro-batch of this rank's data: multitask_loss, backward, step
      every eval_every steps: validation (loss per task, label accuracy)
-     every checkpoint_every steps: DeepSpeed checkpoint -> ray.train.report
-  -> test evaluation -> export (consolidated under ZeRO-3) -> metrics.json
+     every checkpoint_every steps: DeepSpeed checkpoint -> the store
+  -> test evaluation -> export (gathered module by module) -> metrics.json
+
+Plain `torch.distributed`, no Ray: the process group, the data (`TrainData`) and the
+checkpoint store (`CheckpointStore`) come from the caller. Ray Train's shell is in
+trainer.py; a bare run (`torchrun`, one process on a GPU machine) passes
+`data.ParquetShards` and `FolderCheckpoints`.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -54,12 +61,12 @@ STATE_FILE = "dsbs_state.json"
 """Loop state saved beside DeepSpeed's files in every checkpoint: step and metric history."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopSpec:
-    """Everything a worker needs, passed as Ray Train's train_loop_config."""
+    """Everything a rank needs; typed configs travel as they are (pydantic models pickle)."""
 
-    train: dict[str, Any]
-    student: dict[str, Any]
+    train: TrainConfig
+    student: StudentConfig
     task: str
     out_dir: str
     """RUN/train/<hash>: metrics and the export go here."""
@@ -67,23 +74,68 @@ class LoopSpec:
     version: str
     rows: dict[str, Any] = field(default_factory=dict)
     """Rows per split and rows skipped by reason, recorded in metrics.json."""
-    valid: list[dict[str, str]] = field(default_factory=list)
-    test: list[dict[str, str]] = field(default_factory=list)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function (see the module docstring)."""
-    import ray.train
+class TrainData(Protocol):
+    """This rank's training rows and the evaluation splits."""
 
-    spec = LoopSpec(**config)
-    train, student = TrainConfig(**spec.train), StudentConfig(**spec.student)
+    def epoch(self, seed: int) -> Iterator[Mapping[str, Sequence[str]]]:
+        """One pass of this rank's training rows in shuffled, fetched column batches.
+
+        Every rank must get the same number of rows, so that all run the same steps.
+        """
+        ...
+
+    def examples(self, split: str) -> list[Example]:
+        """Every row of "valid" or "test", in the same order on every rank."""
+        ...
+
+
+class CheckpointStore(Protocol):
+    """Where checkpoints go and come back from."""
+
+    def latest(self) -> AbstractContextManager[str | None]:
+        """A local folder holding (at least) this rank's files of the latest checkpoint."""
+        ...
+
+    def save(self, folder: str, step: int, metrics: dict[str, float]) -> None:
+        """Keeps this rank's part of a checkpoint written to `folder` (every rank calls it)."""
+        ...
+
+
+def init_process_group(use_gpu: bool) -> None:
+    """Joins the process group from torchrun's environment, when nobody did (Ray Train does).
+
+    A lone process with no torchrun environment becomes rank 0 of a world of one.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it to pick the device
+    if use_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_gpu else "gloo")
+
+
+def run_training(spec: LoopSpec, data: TrainData, checkpoints: CheckpointStore) -> None:
+    """Trains, evaluates and exports on this rank (see the module docstring).
+
+    Every rank of an initialised process group calls it with the same spec.
+    """
+    import torch.distributed as dist
+
+    train, student = spec.train, spec.student
     if not train.use_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"  # read by deepspeed at import
     import deepspeed
 
     _configure_logging()
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(train.seed)  # same initial weights on every rank (ZeRO-3 partitions them)
     tokenizer = load_tokenizer(fetch_folder(spec.tokenizer_dir))
     ds_config = deepspeed_config(train)
@@ -95,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
-    state = _restore(engine, train)
+    state = _restore(engine, train, checkpoints)
     rationale = train.mode == "distill_step_by_step"
     collator = Collator(tokenizer, student.max_input_length, student.max_target_length, rationale)
     # Its own collator, so that evaluation's truncations do not count as training's.
@@ -103,21 +155,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tokenizer, student.max_input_length, student.max_target_length, rationale
     )
     evaluator = _Evaluator(engine, tokenizer, eval_collator, train, student, spec.task, rank, world)
-    valid = [Example(**row) for row in spec.valid]
-    shard = ray.train.get_dataset_shard("train")
+    valid = data.examples("valid")[: train.eval_max_rows]
     rows_per_step = train.micro_batch_size * train.grad_accum_steps * world
     peak = peak_tflops(torch.cuda.get_device_name()) if train.use_gpu else None
     if rank == 0:
-        log.info("training from step %d to %d on %d workers", state.step, train.max_steps, world)
+        log.info("training from step %d to %d on %d ranks", state.step, train.max_steps, world)
     rng = random.Random(train.seed * 1_000_003 + state.step)  # noqa: S311 - data order
     step_loss = StepLoss()
     while state.step < train.max_steps:
         started = time.perf_counter()
-        for batch in _micro_batches(shard, train, rng):
+        for batch in _micro_batches(data, train, rng):
             engine.train()
             lr = engine.get_lr()[0]  # the rate this step uses; engine.step() advances it
             tensors = collator(batch)
-            state.flops += train_flops(model.config, token_rows(tensors))  # this worker's
+            state.flops += train_flops(model.config, token_rows(tensors))  # this rank's
             losses = multitask_loss(engine, to_device(tensors, engine.device), train.alpha)
             engine.backward(losses.total)
             engine.step()  # an optimizer step only every grad_accum_steps micro-batches
@@ -134,38 +185,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "step %d/%d: %s", state.step, train.max_steps, _describe(state.history[-1])
                 )
             if valid and (state.step % train.eval_every == 0 or state.step == train.max_steps):
-                state.history.append(
-                    evaluator.run(valid[: train.eval_max_rows], state.step, "valid")
-                )
+                state.history.append(evaluator.run(valid, state.step, "valid"))
                 if rank == 0:
                     log.info("step %d validation: %s", state.step, _describe(state.history[-1]))
             if state.step % train.checkpoint_every == 0 or state.step == train.max_steps:
-                _checkpoint(engine, tokenizer, state, spec, rank)
+                _checkpoint(engine, tokenizer, state, spec, rank, checkpoints)
             if state.step >= train.max_steps:
                 break
             started = time.perf_counter()
-    test = evaluator.run([Example(**row) for row in spec.test], state.step, "test")
+    test = evaluator.run(data.examples("test"), state.step, "test")
     _export(engine, tokenizer, train, student, spec, state, rank)
     if rank == 0:
         _write_metrics(spec, state, test)
 
 
 def _micro_batches(
-    shard: Any, train: TrainConfig, rng: random.Random
+    data: TrainData, train: TrainConfig, rng: random.Random
 ) -> Iterator[dict[str, list[str]]]:
-    """One epoch of this worker's shard as micro-batches grouped by length.
+    """One pass of this rank's rows as micro-batches grouped by length.
 
-    Fetching `length_grouping` micro-batches per Ray Data batch amortises its per-batch cost
-    (tens of milliseconds, as much as a tiny model's step) and gives the grouping rows to sort.
-    Every worker's shard holds the same number of rows, so all run the same number of steps.
+    Fetching `length_grouping` micro-batches at once amortises the data source's per-batch
+    cost (tens of milliseconds in Ray Data, as much as a tiny model's step) and gives the
+    grouping rows to sort. Every rank holds the same number of rows, so all run the same
+    number of steps.
     """
-    fetch = train.micro_batch_size * train.length_grouping
-    for batch in shard.iter_batches(
-        batch_size=fetch,
-        batch_format="numpy",
-        local_shuffle_buffer_size=fetch * 2,
-        local_shuffle_seed=rng.randrange(2**31),
-    ):
+    for batch in data.epoch(rng.randrange(2**31)):
         yield from length_grouped(
             batch, train.micro_batch_size, rng, sort=train.length_grouping > 1
         )
@@ -223,20 +267,14 @@ class _State:
         self.history.append(row)
 
 
-def _restore(engine: Any, train: TrainConfig) -> _State:
-    """Loads the latest checkpoint: Ray Train's (after a failure or a rerun), else resume_from."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and train.resume_from:
-        fs, path = storage.pyarrow_filesystem(train.resume_from)
-        checkpoint = ray.train.Checkpoint(path, filesystem=fs)
-    if checkpoint is None:
-        return _State()
-    with checkpoint.as_directory() as folder:
+def _restore(engine: Any, train: TrainConfig, checkpoints: CheckpointStore) -> _State:
+    """Loads the latest checkpoint the store holds (after a failure, a rerun or resume_from)."""
+    with checkpoints.latest() as folder:
+        if folder is None:
+            return _State()
         load_path, _ = engine.load_checkpoint(folder)
         if load_path is None:
-            raise RuntimeError(f"{checkpoint.path}: not a DeepSpeed checkpoint")
+            raise RuntimeError(f"{folder}: not a DeepSpeed checkpoint")
         with open(os.path.join(folder, STATE_FILE)) as f:
             state = _State(**json.load(f))
     # The restored rate is the old schedule's; a resumed run with a longer max_steps follows
@@ -249,10 +287,10 @@ def _restore(engine: Any, train: TrainConfig) -> _State:
             "split": "resume",
             "step": state.step,
             "optimizer_steps": _optimizer_steps(engine),
-            "checkpoint": str(checkpoint.path),
+            "checkpoint": state.step,
         }
     )
-    log.info("resumed from %s at step %d", checkpoint.path, state.step)
+    log.info("resumed at step %d", state.step)
     return state
 
 
@@ -266,10 +304,15 @@ def _optimizer_steps(engine: Any) -> int:
     return 0
 
 
-def _checkpoint(engine: Any, tokenizer: Any, state: _State, spec: LoopSpec, rank: int) -> None:
-    """DeepSpeed checkpoint of this rank's shards, merged by Ray Train into one folder."""
-    import ray.train
-
+def _checkpoint(
+    engine: Any,
+    tokenizer: Any,
+    state: _State,
+    spec: LoopSpec,
+    rank: int,
+    checkpoints: CheckpointStore,
+) -> None:
+    """DeepSpeed checkpoint of this rank's shards, handed to the store."""
     with tempfile.TemporaryDirectory() as folder:
         engine.save_checkpoint(folder, tag=f"step{state.step}")
         if rank == 0:
@@ -278,11 +321,98 @@ def _checkpoint(engine: Any, tokenizer: Any, state: _State, spec: LoopSpec, rank
             # The vocabulary travels with the weights, so `resume_from` needs nothing else.
             tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
             _write_history(spec, state)
-        metrics = {
-            "step": state.step,
-            **{k: v for k, v in state.history[-1].items() if isinstance(v, float)},
-        }
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        metrics = {k: v for k, v in state.history[-1].items() if isinstance(v, float)}
+        checkpoints.save(folder, state.step, {"step": float(state.step), **metrics})
+
+
+_RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
+
+
+def rank_files(names: Sequence[str], rank: int) -> list[str]:
+    """The files of a checkpoint one rank reads to resume: none of another rank's shards.
+
+    DeepSpeed names each rank's optimizer partition (and, under ZeRO-3, its parameter
+    partition) `..zero_pp_rank_<rank>_..`; everything else (`latest`, the ZeRO-2 model
+    states, dsbs's state) every rank reads. At 11B on 8 ranks that is an eighth of the
+    folder instead of all of it.
+    """
+    keep = []
+    for name in names:
+        match = _RANK_FILE.search(os.path.basename(name))
+        if match is None or int(match.group(1)) == rank:
+            keep.append(name)
+    return keep
+
+
+@contextmanager
+def rank_checkpoint(filesystem: Any, path: str, rank: int) -> Iterator[str]:
+    """A local folder with this rank's files of the checkpoint at (pyarrow filesystem, path).
+
+    A local checkpoint is read where it is; a remote one is downloaded file by file, only the
+    files this rank reads (rank_files).
+    """
+    from pyarrow import fs
+
+    if filesystem is None or isinstance(filesystem, fs.LocalFileSystem):
+        yield path
+        return
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    names = [i.path for i in infos if i.type == fs.FileType.File]
+    with tempfile.TemporaryDirectory() as folder:
+        for name in rank_files(names, rank):
+            target = os.path.join(folder, os.path.relpath(name, path))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.copy_files(
+                name,
+                target,
+                source_filesystem=filesystem,
+                destination_filesystem=fs.LocalFileSystem(),
+            )
+        yield folder
+
+
+class FolderCheckpoints:
+    """Checkpoints in `root/step<N>/` (local, shared or s3://) for a run without Ray Train.
+
+    A checkpoint counts once its state file is there: rank 0 writes it after every rank has
+    copied its shards. `resume_from` (a checkpoint folder) is used when `root` holds none.
+    """
+
+    def __init__(self, root: str, rank: int, resume_from: str | None = None) -> None:
+        """Nothing is read or written until a checkpoint is asked for or saved."""
+        self.root, self.rank, self.resume_from = root, rank, resume_from
+
+    @contextmanager
+    def latest(self) -> Iterator[str | None]:
+        """The newest complete checkpoint under root, else resume_from, else None."""
+        done = [
+            name.removesuffix("/" + STATE_FILE)
+            for name in storage.list_files(self.root)
+            if name.endswith("/" + STATE_FILE)
+        ]
+        steps = {int(m.group(1)): d for d in done if (m := re.search(r"step(\d+)$", d))}
+        chosen = steps[max(steps)] if steps else self.resume_from
+        if chosen is None:
+            yield None
+            return
+        filesystem, path = storage.pyarrow_filesystem(chosen)
+        with rank_checkpoint(filesystem, path, self.rank) as folder:
+            yield folder
+
+    def save(self, folder: str, step: int, metrics: dict[str, float]) -> None:
+        """Copies this rank's files to root/step<N>; rank 0 writes the state file last."""
+        import torch.distributed as dist
+
+        target = storage.join(self.root, f"step{step}")
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                if name == STATE_FILE:
+                    continue
+                local = os.path.join(dirpath, name)
+                storage.upload_file(local, storage.join(target, os.path.relpath(local, folder)))
+        dist.barrier()
+        if self.rank == 0:
+            storage.upload_file(os.path.join(folder, STATE_FILE), storage.join(target, STATE_FILE))
 
 
 class StepLoss:

@@ -1,14 +1,15 @@
 """Stage 2: training the student with Ray Train (TorchTrainer) and DeepSpeed ZeRO.
 
     records (this run's generate output, or train.data)
-      -> [driver] examples per mode (rows lacking what it needs counted and skipped),
-         hash splits, subsample, tokenizer (reused, or trained on the training text)
-      -> [Ray Train] N workers, each streaming its shard of a Ray Data dataset   (loop.py)
-      -> RUN/train/<hash>/{tokenizer, checkpoints, student, metrics.jsonl, metrics.json}
+      -> [driver] split parquet shards, written once, streaming (data.py); a tokenizer
+         (reused, or trained on a bounded sample of the training text)
+      -> [Ray Train] N workers, each streaming its share of the shards through Ray Data,
+         running the plain training core (loop.py) with Ray's checkpoints
+      -> RUN/train/<hash>/{data, tokenizer, checkpoints, student, metrics.jsonl, metrics.json}
 
 The output folder is named by a hash of what changes the trained student, so a rerun of the
 same config resumes its own checkpoints (Ray Train restores the latest one it recorded) and
-a finished run is not trained again.
+a finished run is not trained again. This module is the Ray shell; loop.py runs without Ray.
 """
 
 from __future__ import annotations
@@ -16,37 +17,39 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import random
 import tempfile
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsbs import storage
 from dsbs.cluster import ensure_ray
 from dsbs.config import StudentConfig, TrainConfig
-from dsbs.records import read_records
 from dsbs.rundir import current_rationales, read_json, train_dir, train_root, write_json
-from dsbs.student.export import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs.student.tokenizer import train_tokenizer
-from dsbs.train.examples import Splits, select_examples, split_examples
-from dsbs.train.loop import LoopSpec, train_loop_per_worker
+from dsbs.train.data import (
+    SplitManifest,
+    pass_copies,
+    read_table,
+    split_examples,
+    tokenizer_texts,
+    write_splits,
+)
+from dsbs.train.examples import Example
+from dsbs.train.loop import LoopSpec, rank_checkpoint, run_training
 
 log = logging.getLogger(__name__)
-
-MIN_PASS_ROWS = 16_384
-"""Rows per Ray Data pass below which the training rows are repeated (see epoch_rows)."""
 
 SCHEMA_VERSION = 1
 """Bumped when the training output changes shape, so old checkpoints are not resumed into."""
 
 # Settings that change how a run executes but not what it learns stay out of the hash, so a
 # rerun with more retries or another resume point continues the same output.
-_NOT_HASHED = {"max_failures", "resume_from", "cpus_per_worker", "eval_max_rows"}
+_NOT_HASHED = {"max_failures", "resume_from", "cpus_per_worker", "data_cpus", "eval_max_rows"}
 
 
 class TrainingError(ValueError):
@@ -104,24 +107,8 @@ def config_hash(train: TrainConfig, student: StudentConfig, task: str, source: s
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_splits(train: TrainConfig, source: str) -> tuple[Splits, Counter[str]]:
-    """Examples for the mode from `source`, split; skipped rows counted by reason."""
-    examples, skipped = select_examples(read_records(source), train.mode, train.label_source)
-    test = None
-    if train.test_data:
-        # The test set is scored against gold labels: every labeled row counts, whatever the mode.
-        test_examples, _ = select_examples(
-            read_records(train.test_data), "standard_finetune", "gold"
-        )
-        test = test_examples
-    splits = split_examples(
-        examples, train.valid_fraction, train.test_fraction, train.subsample, train.seed, test
-    )
-    return splits, skipped
-
-
 def _tokenizer(
-    student: StudentConfig, splits: Splits, out_dir: str, resume_from: str | None
+    student: StudentConfig, manifest: SplitManifest, out_dir: str, resume_from: str | None
 ) -> str:
     """Where the tokenizer lives: the given one, the pretrained model's, or one trained here."""
     if resume_from:
@@ -131,10 +118,7 @@ def _tokenizer(
     target = storage.join(out_dir, "tokenizer")
     if storage.exists(storage.join(target, "tokenizer.json")):
         return target  # a rerun keeps the vocabulary its checkpoints were trained with
-    texts = [LABEL_PREFIX + e.input for e in splits.train] + [
-        RATIONALE_PREFIX + e.input for e in splits.train
-    ]
-    texts += [e.label for e in splits.train] + [e.rationale for e in splits.train if e.rationale]
+    texts = tokenizer_texts(manifest, student.tokenizer_sample_rows)
     with tempfile.TemporaryDirectory() as tmp:
         train_tokenizer(texts, student.vocab_size, tmp)
         for path in sorted(Path(tmp).iterdir()):
@@ -177,17 +161,17 @@ def train_student(
         if (value := getattr(student, key)) and Path(value).exists()  # not a hub id
     }
     student = student.model_copy(update=local)
-    splits, skipped = load_splits(train, source)
-    rows = {"train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test)}
-    log.info("training rows %s from %s; skipped %s", rows, source, dict(skipped) or "none")
+    manifest = write_splits(train, source, storage.join(out_dir, "data"))
+    rows, skipped = manifest.rows, manifest.skipped
+    log.info("training rows %s from %s; skipped %s", rows, source, skipped or "none")
     finished = read_json(storage.join(out_dir, "metrics.json"))
     already_done = finished is not None
     if finished is None:
         per_step = train.num_workers * train.micro_batch_size
-        if len(splits.train) < per_step:
+        if rows["train"] < per_step:
             raise TrainingError(
-                f"{source}: {len(splits.train)} training rows for mode {train.mode} "
-                f"(skipped: {dict(skipped)}); one step of {train.num_workers} workers x "
+                f"{source}: {rows['train']} training rows for mode {train.mode} "
+                f"(skipped: {skipped}); one step of {train.num_workers} workers x "
                 f"micro_batch_size {train.micro_batch_size} needs {per_step}"
             )
         write_json(
@@ -199,8 +183,16 @@ def train_student(
                 "student": student.model_dump(),
             },
         )
-        counts = {**rows, "skipped": dict(skipped)}
-        _fit(train, student, task, splits, counts, out_dir, digest, ray_address)
+        spec = LoopSpec(
+            train=train,
+            student=student,
+            task=task,
+            out_dir=out_dir,
+            tokenizer_dir=_tokenizer(student, manifest, out_dir, train.resume_from),
+            version=digest,
+            rows={**rows, "skipped": skipped},
+        )
+        fit(spec, manifest, ray_dataset(manifest, train), ray_address)
         finished = read_json(storage.join(out_dir, "metrics.json"))
         if finished is None:
             raise TrainingError(f"{out_dir}: training ended without writing metrics.json")
@@ -209,57 +201,50 @@ def train_student(
     return _summary(finished, out_dir, rows, skipped, wall, already_done)
 
 
-def epoch_rows(splits: Splits, train: TrainConfig) -> list[dict[str, str]]:
-    """The training rows for one pass of Ray Data: several epochs, each shuffled on its own.
+def ray_dataset(manifest: SplitManifest, train: TrainConfig) -> Any:
+    """The training rows as a Ray Data dataset that reads the shards as it streams.
 
-    Every pass over a Ray Data dataset starts a new streaming execution, which costs about a
-    second per worker: as much as a whole epoch of a small dataset (the paper's SVAMP has 800
-    rows). Small datasets are therefore repeated, each copy shuffled with its own seed, to at
-    least MIN_PASS_ROWS rows (never more epochs than the run needs).
+    A pass holds the rows pass_copies times; each copy reads the shards again in its own order
+    (nothing is copied in memory) and workers shuffle further through a local buffer
+    (train.shuffle_buffer_rows). The read tasks ask for train.data_cpus: Ray Data's own
+    parquet reader lists files in a task that asks for a whole CPU, which never runs where
+    every CPU trains.
     """
-    rows = [asdict(e) for e in splits.train]
-    per_step = train.num_workers * train.micro_batch_size * train.grad_accum_steps
-    needed = math.ceil(train.max_steps * per_step / len(rows)) if rows else 1
-    copies = max(1, min(needed, math.ceil(MIN_PASS_ROWS / max(1, len(rows)))))
-    rng = random.Random(train.seed)  # noqa: S311 - data order, not security
-    out: list[dict[str, str]] = []
-    for _ in range(copies):
-        rng.shuffle(rows)
-        out.extend(rows)
-    return out
+    import ray.data
+
+    files = manifest.files["train"]
+
+    def copy(seed: int) -> Any:
+        listing = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
+        return listing.randomize_block_order(seed=seed).map_batches(
+            _read_shards, batch_size=1, batch_format="pyarrow", num_cpus=train.data_cpus
+        )
+
+    copies = [copy(train.seed + i) for i in range(pass_copies(manifest.rows["train"], train))]
+    return copies[0].union(*copies[1:]) if len(copies) > 1 else copies[0]
 
 
-def _fit(
-    train: TrainConfig,
-    student: StudentConfig,
-    task: str,
-    splits: Splits,
-    counts: dict[str, Any],
-    out_dir: str,
-    digest: str,
-    ray_address: str | None,
+def _read_shards(batch: Any) -> Any:
+    """A Ray Data batch of shard paths -> their rows (one shard: at most SHARD_ROWS rows)."""
+    import pyarrow as pa
+
+    tables = [read_table(str(f)) for f in batch.column("file").to_pylist()]
+    return pa.concat_tables(tables)
+
+
+def fit(
+    spec: LoopSpec, manifest: SplitManifest, dataset: Any, ray_address: str | None = None
 ) -> None:
-    import ray
+    """Runs the training core on Ray Train workers, each streaming its split of `dataset`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    tokenizer_dir = _tokenizer(student, splits, out_dir, train.resume_from)
+    train = spec.train
     ensure_ray(ray_address)
-    spec = LoopSpec(
-        train=train.model_dump(),
-        student=student.model_dump(),
-        task=task,
-        out_dir=out_dir,
-        tokenizer_dir=tokenizer_dir,
-        version=digest,
-        rows=counts,
-        valid=[asdict(e) for e in splits.valid],
-        test=[asdict(e) for e in splits.test],
-    )
-    filesystem, path = storage.pyarrow_filesystem(out_dir)
+    filesystem, path = storage.pyarrow_filesystem(spec.out_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(spec),
+        train_loop_config={"spec": spec, "manifest": manifest},
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
@@ -273,16 +258,75 @@ def _fit(
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": ray.data.from_items(epoch_rows(splits, train))},
+        datasets={"train": dataset},
     )
     trainer.fit()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: the training core with Ray's data and checkpoints."""
+    import ray.train
+
+    spec: LoopSpec = config["spec"]
+    rank = ray.train.get_context().get_world_rank()
+    data = _RayData(spec.train, config["manifest"])
+    run_training(spec, data, _RayCheckpoints(spec.train.resume_from, rank))
+
+
+class _RayData:
+    """This worker's Ray Data shard of the training rows; the evaluation splits read whole."""
+
+    def __init__(self, train: TrainConfig, manifest: SplitManifest) -> None:
+        self.train, self.manifest = train, manifest
+
+    def epoch(self, seed: int) -> Iterator[dict[str, Any]]:
+        import ray.train
+
+        fetch = self.train.micro_batch_size * self.train.length_grouping
+        yield from ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=fetch,
+            batch_format="numpy",
+            local_shuffle_buffer_size=self.train.shuffle_buffer_rows,
+            local_shuffle_seed=seed,
+        )
+
+    def examples(self, split: str) -> list[Example]:
+        return split_examples(self.manifest, split)
+
+
+class _RayCheckpoints:
+    """Ray Train's checkpoints: the one it restores after a failure or rerun, else resume_from."""
+
+    def __init__(self, resume_from: str | None, rank: int) -> None:
+        self.resume_from, self.rank = resume_from, rank
+
+    @contextmanager
+    def latest(self) -> Iterator[str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None and self.resume_from:
+            filesystem, path = storage.pyarrow_filesystem(self.resume_from)
+            checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
+        if checkpoint is None:
+            yield None
+            return
+        log.info("resuming from %s", checkpoint.path)
+        # Not checkpoint.as_directory(): that downloads every rank's shards to every rank.
+        with rank_checkpoint(checkpoint.filesystem, checkpoint.path, self.rank) as folder:
+            yield folder
+
+    def save(self, folder: str, step: int, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _summary(
     metrics: dict[str, Any],
     out_dir: str,
     rows: dict[str, int],
-    skipped: Counter[str],
+    skipped: dict[str, int],
     wall: float,
     already_done: bool,
 ) -> TrainSummary:
@@ -290,7 +334,7 @@ def _summary(
     return TrainSummary(
         output=out_dir,
         rows=rows,
-        skipped=dict(skipped),
+        skipped=skipped,
         steps=metrics["steps"],
         label_loss=train_row.get("label_loss"),
         rationale_loss=train_row.get("rationale_loss"),
