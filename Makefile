@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dsbs-installed
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format typecheck demo bench image clean
+.PHONY: setup test test-fast lint format typecheck demo bench image gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/generate_throughput.py --rows 128 --max-tokens 64
 	$(BIN)/python benchmarks/generate_memory.py --small 200 --large 2000
 	$(BIN)/python benchmarks/train_throughput.py --rows 600 --steps 60 --repeats 2
+	$(BIN)/python benchmarks/train_streaming.py --small 20000 --large 200000 --steps 300
 	$(BIN)/python benchmarks/learning_check.py --steps 400
 	$(BIN)/python benchmarks/serve_throughput.py --clients 32 --seconds 20 --repeats 2
 	$(BIN)/python benchmarks/decode_threads.py --threads 1 2
@@ -53,6 +54,10 @@ bench: setup
 # The CPU image with podman, without registry access (installs podman on Debian; see docker/).
 image:
 	bash scripts/containers.sh image
+
+# The wheel folder benchmarks/gpu_check.py needs on a bare GPU machine (BENCHMARKS.md).
+gpu-wheels: setup
+	bash scripts/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -28,7 +28,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
     pyarrow sentencepiece hjson msgpack py-cpuinfo ninja einops
 SIZE=$(du -sm "$OUT" | cut -f1)
 echo "gpu wheels: $(ls "$OUT" | wc -l) files, ${SIZE} MiB in $OUT"
-if [ "$SIZE" -ge 64 ]; then
-    echo "over the device tool's 64 MiB carry limit" >&2
+if [ "$SIZE" -gt 62 ]; then
+    echo "over 62 MiB: with the working tree it would pass the device tool's 64 MiB carry limit" >&2
     exit 1
 fi

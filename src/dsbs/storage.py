@@ -273,6 +273,15 @@ def iter_rows(uri: str) -> Iterator[SourceRow]:
         yield from _iter_jsonl(uri, _lines(uri))
 
 
+def read_table(uri: str, schema: pa.Schema | None = None) -> pa.Table:
+    """One parquet file as an arrow table, read column-wise (no Python object per value)."""
+    with _open_binary(uri) as handle:
+        try:
+            return pq.read_table(handle, schema=schema)
+        except Exception as err:
+            raise StorageError(f"{uri}: not a readable parquet file: {err}") from err
+
+
 @contextmanager
 def _open_binary(uri: str) -> Iterator[Any]:
     """A seekable binary handle on a local file or S3 object (parquet reads its footer first)."""

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from ports import free_port, ray_node_ports
 
 pytestmark = pytest.mark.slow
 
@@ -74,19 +74,8 @@ def image() -> str:
 
 
 def _ray_ports() -> list[str]:
-    names = (
-        "node-manager-port",
-        "object-manager-port",
-        "metrics-export-port",
-        "dashboard-agent-grpc-port",
-        "dashboard-agent-listen-port",
-        "runtime-env-agent-port",
-    )
-    args = [f"--{name}={free_port()}" for name in names]
-    low = free_port()
     # An object store that fits the containers' /dev/shm (Ray falls back to disk otherwise).
-    args.append("--object-store-memory=800000000")
-    return [*args, f"--min-worker-port={low}", f"--max-worker-port={low + 40}"]
+    return [*ray_node_ports(), "--object-store-memory=800000000"]
 
 
 @pytest.fixture(scope="module")

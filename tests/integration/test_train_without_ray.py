@@ -13,6 +13,7 @@ import os
 from dataclasses import replace
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 from ports import free_port
 
@@ -40,7 +41,7 @@ def _rank(rank: int, world: int, port: int, spec: LoopSpec) -> None:
     from dsbs.train.data import ParquetShards, SplitManifest
     from dsbs.train.loop import FolderCheckpoints, init_process_group, run_training
 
-    init_process_group(use_gpu=False)
+    init_process_group(use_gpu=spec.train.use_gpu)
     manifest = SplitManifest(**json.loads(storage.read_bytes(f"{spec.out_dir}/data/manifest.json")))
     data = ParquetShards(manifest, spec.train, rank, world)
     checkpoints = FolderCheckpoints(storage.join(spec.out_dir, "checkpoints"), rank)
@@ -108,3 +109,16 @@ def test_two_processes_under_zero3_train_and_export_one_model(tmp_path):
     }
     model, tokenizer, info = load_student(f"{spec.out_dir}/student")
     assert info.steps == 4 and len(tokenizer) == model.config.vocab_size
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL, bf16)")
+@pytest.mark.parametrize("zero", [2, 3])
+def test_on_a_gpu_bf16_under_nccl_evaluates_and_exports(tmp_path, zero):
+    """NCCL collectives in evaluation, bf16 steps and the ZeRO-3 export, as a world of one."""
+    spec = _spec(tmp_path, f"gpu{zero}", zero_stage=zero, max_steps=4, use_gpu=True)
+    spec = replace(spec, train=spec.train.model_copy(update={"precision": "bf16"}))
+    mp.spawn(_rank, args=(1, free_port(), spec), nprocs=1)
+    assert [r["step"] for r in _history(spec) if r["split"] == "valid"] == [3, 4]
+    model, _, info = load_student(f"{spec.out_dir}/student")
+    assert info.steps == 4 and model is not None

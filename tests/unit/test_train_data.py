@@ -2,6 +2,7 @@
 each rank's share of them, the tokenizer's bounded sample, and a rank's checkpoint files."""
 
 from collections import Counter
+from pathlib import Path
 
 from dsbs import storage
 from dsbs.config import TrainConfig
@@ -212,3 +213,32 @@ def test_a_rank_reads_only_its_own_checkpoint_shards():
         "ckpt/step4/zero_pp_rank_1_mp_rank_00_model_states.pt",
         "ckpt/step4/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
     ]
+
+
+def test_a_resuming_rank_downloads_only_its_files_from_s3(s3_bucket):
+    """Ray's checkpoint.as_directory() fetched every rank's shards to every rank."""
+    import os
+
+    from dsbs.train.loop import rank_checkpoint
+
+    prefix = f"{s3_bucket}/ckpt"
+    names = ["latest", "dsbs_state.json", "step4/zero_pp_rank_0_mp_rank_00_model_states.pt"]
+    names += ["step4/zero_pp_rank_1_mp_rank_00_model_states.pt", "tokenizer/spiece.model"]
+    for name in names:
+        storage.write_bytes(f"{prefix}/{name}", name.encode())
+    filesystem, path = storage.pyarrow_filesystem(prefix)
+    with rank_checkpoint(filesystem, path, 1) as folder:
+        got = sorted(
+            os.path.relpath(os.path.join(d, f), folder)
+            for d, _, files in os.walk(folder)
+            for f in files
+        )
+        mine = "step4/zero_pp_rank_1_mp_rank_00_model_states.pt"
+        assert Path(folder, mine).read_text() == mine
+    assert got == [
+        "dsbs_state.json",
+        "latest",
+        "step4/zero_pp_rank_1_mp_rank_00_model_states.pt",
+        "tokenizer/spiece.model",
+    ]
+    assert not os.path.exists(folder)  # downloaded to a temporary folder, removed after

@@ -126,7 +126,12 @@ def read_examples(files: list[str]) -> Iterator[Example]:
 
 def read_table(file: str) -> pa.Table:
     """One shard as an arrow table (at most SHARD_ROWS rows)."""
-    return pa.Table.from_pylist([row.data for row in storage.iter_rows(file)], EXAMPLE_SCHEMA)
+    return storage.read_table(file, EXAMPLE_SCHEMA)
+
+
+def read_shards(batch: pa.Table) -> pa.Table:
+    """A Ray Data batch of shard paths (column `file`) -> the shards' rows."""
+    return pa.concat_tables([read_table(str(f)) for f in batch.column("file").to_pylist()])
 
 
 def split_examples(manifest: SplitManifest, split: str) -> list[Example]:

@@ -34,7 +34,7 @@ from dsbs.student.tokenizer import train_tokenizer
 from dsbs.train.data import (
     SplitManifest,
     pass_copies,
-    read_table,
+    read_shards,
     split_examples,
     tokenizer_texts,
     write_splits,
@@ -43,6 +43,10 @@ from dsbs.train.examples import Example
 from dsbs.train.loop import LoopSpec, rank_checkpoint, run_training
 
 log = logging.getLogger(__name__)
+
+READ_TASKS = 2
+"""Concurrent read tasks per copy of the training rows: a shard read (10,000 rows) takes a
+fraction of a second, and two keep any number of workers fed while one starts."""
 
 SCHEMA_VERSION = 1
 """Bumped when the training output changes shape, so old checkpoints are not resumed into."""
@@ -217,19 +221,16 @@ def ray_dataset(manifest: SplitManifest, train: TrainConfig) -> Any:
     def copy(seed: int) -> Any:
         listing = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
         return listing.randomize_block_order(seed=seed).map_batches(
-            _read_shards, batch_size=1, batch_format="pyarrow", num_cpus=train.data_cpus
+            read_shards,
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=train.data_cpus,
+            # Tasks that ask for no CPU are otherwise started all at once, a process each.
+            compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
         )
 
     copies = [copy(train.seed + i) for i in range(pass_copies(manifest.rows["train"], train))]
     return copies[0].union(*copies[1:]) if len(copies) > 1 else copies[0]
-
-
-def _read_shards(batch: Any) -> Any:
-    """A Ray Data batch of shard paths -> their rows (one shard: at most SHARD_ROWS rows)."""
-    import pyarrow as pa
-
-    tables = [read_table(str(f)) for f in batch.column("file").to_pylist()]
-    return pa.concat_tables(tables)
 
 
 def fit(

@@ -1,0 +1,135 @@
+"""The pipeline on a 2-node Ray cluster started with `ray start`, as a KubeRay cluster is shaped.
+
+A head that runs no work (`--num-cpus 0`, as in k8s/) and a second node joined with
+`ray start --address`, with its own HOME (so its own model cache) and its own IP on loopback.
+A local run directory is refused with the setting to use; the whole pipeline with its run
+directory on the S3 server (moto) completes, with the training workers and the student's
+replicas placed on the second node (read back from Ray's state API). Both nodes share this
+machine's disk: the separate-filesystem half is tests/integration/test_containers.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ports import free_port, ray_node_ports
+
+from dsbs import storage
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CONFIG = "tests/assets/configs/pipeline-tiny.yaml"
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A head (no CPUs) and a worker node (2 CPUs, its own HOME); yields their addresses."""
+    # One token for both nodes, the drivers and this process's state API calls, the way
+    # KubeRay's authOptions gives every pod the same one (the second node has its own HOME,
+    # so it cannot read the head's ~/.ray/auth_token).
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
+    saved = {key: os.environ.get(key) for key in token}
+    os.environ.update(token)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    gcs, dashboard = free_port(), free_port()
+    head = ["start", "--head", "--num-cpus=0", "--node-ip-address=127.0.0.1", f"--port={gcs}"]
+    head += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
+    head += ["--include-dashboard=true", f"--ray-client-server-port={free_port()}"]
+    head += ["--disable-usage-stats", *ray_node_ports()]
+    started = _run([str(BIN / "ray"), *head], env, 120)
+    assert started.returncode == 0, started.stderr
+    try:
+        home = tmp_path_factory.mktemp("worker-home")
+        worker = ["start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.2"]
+        worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
+        joined = _run([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
+        assert joined.returncode == 0, joined.stderr
+        _wait_for_nodes(f"http://127.0.0.1:{dashboard}", 2)
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+    finally:
+        _run([str(BIN / "ray"), "stop", "--force"], env, 120)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _wait_for_nodes(dashboard: str, count: int) -> None:
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            alive = sum(n.state == "ALIVE" for n in list_nodes(address=dashboard))
+        except Exception:  # the state API answers once the dashboard is up
+            alive = 0
+        if alive == count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{count} Ray nodes not up")
+
+
+def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node(
+    two_nodes, s3_bucket, tmp_path
+):
+    from ray.util.state import list_actors, list_nodes
+
+    env, address = two_nodes["env"], two_nodes["gcs"]
+    data = tmp_path / "synth.jsonl"
+    synth = ["data", "synth", "--task", "arithmetic", "--n", "32", "--seed", "3"]
+    assert _run([str(BIN / "dsbs"), *synth, "--out", str(data)], env, 60).returncode == 0
+    common = [f"pipeline.ray_address={address}", f"data.source={data}"]
+    common.append(f"serve.port={free_port()}")
+
+    refused = _run(
+        [str(BIN / "dsbs"), "run", "--config", CONFIG, *common, f"pipeline.run_dir={tmp_path}"],
+        env,
+        300,
+    )
+    assert refused.returncode != 0
+    assert "this Ray cluster has 2 nodes" in refused.stderr, refused.stderr[-3000:]
+    assert "pipeline.run_dir=s3://" in refused.stderr
+
+    run_dir = f"{s3_bucket}/two-nodes"
+    done = _run(
+        [str(BIN / "dsbs"), "run", "--config", CONFIG, *common, f"pipeline.run_dir={run_dir}"],
+        env,
+        1500,
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    # The replicas' logs reach the driver's stdout too (Ray's log_to_driver).
+    summary = [line for line in done.stdout.splitlines() if line.startswith("run: student")]
+    assert len(summary) == 1, done.stdout[-3000:]
+    report = json.loads(storage.read_bytes(f"{run_dir}/report/metrics.json"))
+    assert report["student"]["steps"] == 20 and len(report["smoke_test"]) == 3
+
+    dashboard = two_nodes["dashboard"]
+    second = next(n.node_id for n in list_nodes(address=dashboard) if not n.is_head_node)
+    actors = list_actors(
+        address=dashboard, limit=10_000, detail=True, raise_on_missing_output=False
+    )
+    placed = {}
+    for actor in actors:
+        for kind in ("RayTrainWorker", "ServeReplica:dsbs-student", "ServeReplica:dsbs-teacher"):
+            if actor.class_name.startswith(kind):
+                placed.setdefault(kind, set()).add(actor.node_id)
+    assert placed.get("RayTrainWorker") == {second}, placed
+    assert placed.get("ServeReplica:dsbs-student") == {second}, placed
+    assert placed.get("ServeReplica:dsbs-teacher") == {second}, placed
