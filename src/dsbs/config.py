@@ -82,7 +82,21 @@ class TeacherConfig(_Section):
     max_model_len: int = Field(2048, gt=0)
     """Context length in tokens; few-shot prompts here are under 1,500 tokens."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """GPUs per teacher replica (also the replica's GPU request)."""
+    """GPUs each layer is split over (vLLM tensor parallelism, within one node)."""
+    pipeline_parallel_size: int = Field(1, ge=1)
+    """Stages the layers are split into (vLLM pipeline parallelism); a replica asks for
+    tensor_parallel_size x pipeline_parallel_size GPUs, all on its node."""
+    enforce_eager: bool | None = None
+    """Run without CUDA graphs. None: eager on CPU (there are none), graphs on GPUs, where
+    they are a large part of decode speed for big models (at some start-up time)."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Most sequences vLLM batches at once (None: vLLM's default)."""
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    """Most tokens per engine step, prefill included (None: vLLM's default)."""
+    quantization: str | None = None
+    """vLLM's weight quantization method (`fp8`, `awq`, `gptq`, ...; None: as the model is)."""
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    """KV cache precision; fp8 halves its memory on GPUs that support it."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     """Fraction of each GPU vLLM may claim for weights and KV cache (GPU replicas only)."""
     enable_prefix_caching: bool = True
@@ -107,8 +121,6 @@ class TeacherConfig(_Section):
     """Seconds a teacher replica works on one request, from when it starts it, before
     aborting it in the engine (then it is retried). Waiting at the caller does not count: the
     caller keeps only as many requests in flight as come back within 3/4 of this."""
-    cache_dir: str = "~/.cache/dsbs"
-    """Where converted and downloaded teacher weights are kept between runs."""
     min_replicas: int = Field(1, ge=0)
     """Fewest teacher replicas Ray Serve keeps."""
     max_replicas: int = Field(1, ge=1)
@@ -120,10 +132,17 @@ class TeacherConfig(_Section):
     num_cpus: float = Field(1.0, gt=0.0)
     """CPUs reserved per teacher replica."""
     use_gpu: bool = False
-    """Reserve tensor_parallel_size GPUs per replica (the CUDA build of vLLM)."""
+    """Reserve tensor x pipeline parallel GPUs per replica (the CUDA build of vLLM)."""
     keep_running: bool = False
     """Leave the teacher app running after generation, for the next run to reuse; off by
     default so that training gets the cores and GPUs back."""
+    max_prompts_per_request: int = Field(64, ge=1)
+    """Most prompts one /v1/completions request to a long-lived teacher may hold (400 past
+    it): one client cannot queue thousands at once."""
+    startup_timeout_s: float = Field(1800.0, gt=0.0)
+    """Seconds the teacher may take to start (placed, model fetched and loaded) before the
+    stage fails naming what a replica asks for and what the cluster has; long enough for an
+    autoscaled GPU node and a 72B download, shorten it on a fixed cluster."""
 
 
 class GenerateConfig(_Section):
@@ -288,11 +307,15 @@ class ServeConfig(_Section):
     max_items: int = Field(64, ge=1)
     """Most inputs in one request."""
     max_input_tokens: int = Field(512, ge=1)
-    """Longest input accepted, in student tokens."""
+    """Longest input accepted, in student tokens; never more than the export was trained on
+    (its max_input_length), since longer inputs would be cut without a word."""
     max_body_bytes: int = Field(1_000_000, ge=1)
-    """Largest request body accepted."""
+    """Largest request body accepted (counted as it arrives, chunked bodies too)."""
     request_timeout_s: float = Field(30.0, gt=0.0)
     """Seconds before a request is answered with 504."""
+    health_timeout_s: float = Field(10.0, gt=0.0)
+    """Seconds /healthz waits for a predictor to answer before it says 503 (a busy replica
+    finishes its decode batch first: a couple of seconds on CPU under load)."""
 
 
 class PipelineConfig(_Section):

@@ -1,33 +1,48 @@
-"""A local cache of model folders: written once, atomically, and trusted only when complete.
+"""The one local cache of model folders: filled once per node, atomically, under a lock.
 
-Teachers (converted GGUF, s3:// downloads) and students (s3:// weights and tokenizers) share it.
+Teachers (converted GGUF, s3:// downloads) and students (s3:// weights and tokenizers,
+CTranslate2 conversions) share it. Its place is one setting: the environment variable
+DSBS_CACHE_DIR (default ~/.cache/dsbs), so every process of a pod (driver, Ray Train ranks,
+Serve replicas) finds the same folder; on KubeRay point it at an emptyDir or PVC mount.
+
+A folder is trusted only when complete (its marker, written last, lists every file and
+size); it is filled in a staging folder beside it and renamed into place, by one process at a
+time: the others wait on a file lock and find it ready. An s3:// prefix is cached under a key
+of its objects' names, sizes and ETags, so a model re-published under the same prefix is
+fetched again, never served stale.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dsbs import storage
 
 log = logging.getLogger(__name__)
 
+CACHE_ENV = "DSBS_CACHE_DIR"
+"""The environment variable naming the cache folder."""
+DEFAULT_CACHE = "~/.cache/dsbs"
+
 # Files a folder must hold before it is trusted; written last is the marker.
 _READY_MARKER = "dsbs-converted.json"
 
 
-def cache_root(cache_dir: str) -> Path:
-    """The cache folder, with `~` expanded."""
-    return Path(os.path.expanduser(cache_dir))
+def cache_root(cache_dir: str | None = None) -> Path:
+    """The cache folder: `cache_dir` if given, else $DSBS_CACHE_DIR, else ~/.cache/dsbs."""
+    return Path(os.path.expanduser(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
 
 
-def fetch_folder(spec: str, cache_dir: str = "~/.cache/dsbs") -> str:
+def fetch_folder(spec: str, cache_dir: str | None = None) -> str:
     """A local folder for a path or an s3:// prefix (downloaded once); hub ids pass through."""
     if storage.is_s3(spec):
         return str(download_s3(spec, cache_root(cache_dir)))
@@ -49,49 +64,65 @@ def is_ready(folder: Path) -> bool:
     )
 
 
-def publish(target: Path, source: str, fill: Callable[[Path], None]) -> None:
-    """Fills a staging folder beside `target`, marks it ready, and renames it into place.
-
-    Readers never see a half-written folder: `is_ready` trusts only a folder whose marker
-    lists every file with its size, and the marker is written last.
-    """
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """An exclusive lock on `target` among this node's processes (a lock file beside it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        fill(staging)
-        sizes = {
-            str(p.relative_to(staging)): p.stat().st_size for p in staging.rglob("*") if p.is_file()
-        }
-        (staging / _READY_MARKER).write_text(json.dumps({"source": source, "files": sizes}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with open(target.parent / f".{target.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def ensure_folder(target: Path, source: str, fill: Callable[[Path], None]) -> Path:
+    """`target`, filled by `fill` unless it is ready already; one process fills it at a time.
+
+    The others wait on the lock and, taking it, find the folder ready. `fill` writes into a
+    staging folder beside `target`; its marker is written last and the folder renamed into
+    place, so readers never see a half-written one.
+    """
+    if is_ready(target):
+        return target
+    with _locked(target):
+        if is_ready(target):  # another process filled it while this one waited
+            return target
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            fill(staging)
+            sizes = {
+                str(p.relative_to(staging)): p.stat().st_size
+                for p in staging.rglob("*")
+                if p.is_file()
+            }
+            marker = {"source": source, "files": sizes}
+            (staging / _READY_MARKER).write_text(json.dumps(marker))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
 
 
 def download_s3(prefix: str, root: Path) -> Path:
-    """Downloads an s3:// prefix once into `root/s3/<digest>` and returns that folder.
+    """Downloads an s3:// prefix once per content into `root/s3/<key>` and returns that folder.
+
+    The key covers the prefix and its objects' names, sizes and ETags: a re-published model
+    gets a new folder. Files stream to disk (a shard of an 11B model is 5 GB).
 
     Raises:
         FileNotFoundError: when no file lies under the prefix.
     """
-    digest = hashlib.sha256(prefix.encode()).hexdigest()[:16]
-    target = root / "s3" / digest
-    if is_ready(target):
-        return target
-    files = storage.list_files(prefix)
-    if not files:
+    objects = storage.list_objects(prefix)
+    if not objects:
         raise FileNotFoundError(f"{prefix}: no files under this prefix")
+    content = json.dumps([prefix, sorted(objects)])
+    target = root / "s3" / hashlib.sha256(content.encode()).hexdigest()[:16]
     base = prefix.rstrip("/") + "/"
 
     def fill(staging: Path) -> None:
-        for uri in files:
-            local = staging / uri.removeprefix(base)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(storage.read_bytes(uri))
+        for uri, _, _ in objects:
+            storage.download_file(uri, str(staging / uri.removeprefix(base)))
+        log.info("downloaded %d files from %s to %s", len(objects), prefix, target)
 
-    publish(target, prefix, fill)
-    log.info("downloaded %d files from %s to %s", len(files), prefix, target)
-    return target
+    return ensure_folder(target, prefix, fill)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsbs import storage
+from dsbs.auth import STUDENT_TOKEN_ENV, bearer_header
 from dsbs.cluster import ensure_ray
 from dsbs.config import Config, dump_config
 from dsbs.generate import GenerateSummary, generate_rationales
@@ -133,7 +134,9 @@ def _ask(url: str, questions: list[str]) -> list[dict[str, Any]]:
     """Posts the questions to the served student, as a client would."""
     body = json.dumps({"inputs": questions, "rationale": False}).encode()
     request = urllib.request.Request(  # noqa: S310 - an http:// URL of our own app
-        f"{url}/v1/predict", data=body, headers={"content-type": "application/json"}
+        f"{url}/v1/predict",
+        data=body,
+        headers={"content-type": "application/json", **bearer_header(STUDENT_TOKEN_ENV)},
     )
     with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - our own app
         predictions = json.loads(response.read())["predictions"]

@@ -151,6 +151,32 @@ def list_files(uri: str) -> list[str]:
     return sorted(names)
 
 
+def list_objects(uri: str) -> list[tuple[str, int, str]]:
+    """(uri, size, ETag) of the object `uri` names or of every object under that prefix."""
+    bucket, key = _split_s3(uri)
+    prefix = key.rstrip("/")
+    found = []
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            name = obj["Key"]
+            if name == prefix or name.startswith(prefix + "/") or not prefix:
+                found.append((f"s3://{bucket}/{name}", obj["Size"], obj["ETag"]))
+    return sorted(found)
+
+
+def download_file(uri: str, local: str) -> None:
+    """Copies `uri` to the local path `local`, streaming (S3 downloads in parts)."""
+    try:
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        if is_s3(uri):
+            bucket, key = _split_s3(uri)
+            s3_client().download_file(bucket, key, local)
+        else:
+            shutil.copyfile(uri, local)
+    except Exception as err:
+        raise StorageError(f"{uri}: cannot read: {err}") from err
+
+
 def fingerprint(uri: str) -> str | None:
     """A short digest of the files under `uri` as they are now, without reading them.
 
@@ -160,14 +186,8 @@ def fingerprint(uri: str) -> str | None:
     """
     entries: list[tuple[str, int, str]] = []
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
-        prefix = key.rstrip("/")
-        paginator = s3_client().get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                name = obj["Key"]
-                if name == prefix or name.startswith(prefix + "/") or not prefix:
-                    entries.append((name[len(prefix) :], obj["Size"], obj["ETag"]))
+        prefix = uri.rstrip("/")
+        entries = [(name[len(prefix) :], size, etag) for name, size, etag in list_objects(uri)]
     else:
         path = Path(uri).expanduser()
         if not path.exists():

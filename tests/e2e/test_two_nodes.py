@@ -12,29 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from commands import BIN, TINY_CONFIG, run
 from ports import free_port, ray_node_ports
 
 from dsbs import storage
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-CONFIG = "tests/assets/configs/pipeline-tiny.yaml"
-
-
-def _run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False
-    )
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +40,18 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     head += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
     head += ["--include-dashboard=true", f"--ray-client-server-port={free_port()}"]
     head += ["--disable-usage-stats", *ray_node_ports()]
-    started = _run([str(BIN / "ray"), *head], env, 120)
+    started = run([str(BIN / "ray"), *head], env, 120)
     assert started.returncode == 0, started.stderr
     try:
         home = tmp_path_factory.mktemp("worker-home")
         worker = ["start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.2"]
         worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
-        joined = _run([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
+        joined = run([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
         assert joined.returncode == 0, joined.stderr
         _wait_for_nodes(f"http://127.0.0.1:{dashboard}", 2)
         yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
-        _run([str(BIN / "ray"), "stop", "--force"], env, 120)
+        run([str(BIN / "ray"), "stop", "--force"], env, 120)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -94,25 +82,18 @@ def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node
     env, address = two_nodes["env"], two_nodes["gcs"]
     data = tmp_path / "synth.jsonl"
     synth = ["data", "synth", "--task", "arithmetic", "--n", "32", "--seed", "3"]
-    assert _run([str(BIN / "dsbs"), *synth, "--out", str(data)], env, 60).returncode == 0
-    common = [f"pipeline.ray_address={address}", f"data.source={data}"]
-    common.append(f"serve.port={free_port()}")
+    assert run([str(BIN / "dsbs"), *synth, "--out", str(data)], env, 60).returncode == 0
+    dsbs_run = [str(BIN / "dsbs"), "run", "--config", TINY_CONFIG]
+    dsbs_run += [f"pipeline.ray_address={address}", f"data.source={data}"]
+    dsbs_run.append(f"serve.port={free_port()}")
 
-    refused = _run(
-        [str(BIN / "dsbs"), "run", "--config", CONFIG, *common, f"pipeline.run_dir={tmp_path}"],
-        env,
-        300,
-    )
+    refused = run([*dsbs_run, f"pipeline.run_dir={tmp_path}"], env, 300)
     assert refused.returncode != 0
     assert "this Ray cluster has 2 nodes" in refused.stderr, refused.stderr[-3000:]
     assert "pipeline.run_dir=s3://" in refused.stderr
 
     run_dir = f"{s3_bucket}/two-nodes"
-    done = _run(
-        [str(BIN / "dsbs"), "run", "--config", CONFIG, *common, f"pipeline.run_dir={run_dir}"],
-        env,
-        1500,
-    )
+    done = run([*dsbs_run, f"pipeline.run_dir={run_dir}"], env, 1500)
     assert done.returncode == 0, done.stderr[-6000:]
     # The replicas' logs reach the driver's stdout too (Ray's log_to_driver).
     summary = [line for line in done.stdout.splitlines() if line.startswith("run: student")]

@@ -310,3 +310,18 @@ def test_health_check_fails_when_the_engine_dies(ray_head):
     time.sleep(2)
     with pytest.raises(ray.exceptions.RayTaskError):
         handle.check_health.remote().result(timeout_s=60)
+
+
+def test_a_teacher_no_node_can_hold_fails_after_the_startup_timeout(ray_head, tmp_path):
+    """It waited forever: a GPU teacher on a cluster without GPUs (last: it removes the app)."""
+    from dsbs.generate.pipeline import GenerationError
+
+    extra = ("teacher.use_gpu=true", "teacher.dtype=bfloat16", "teacher.startup_timeout_s=8")
+    cfg, _ = _config(tmp_path, "unplaceable", ray_head, extra)
+    started = time.monotonic()
+    with pytest.raises(GenerationError) as caught:
+        generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
+    assert time.monotonic() - started < 120
+    message = str(caught.value)
+    assert "teacher.startup_timeout_s=8" in message
+    assert "'GPU': 1" in message and "the cluster's nodes have [{'CPU': 2.0}]" in message, message

@@ -211,3 +211,57 @@ def test_generate_with_the_openai_engine(vllm_server, ray_cluster, tmp_path):
     assert not [q for q in quarantine if q["reason"] == "teacher error"]  # the retries recovered
     assert summary.teacher_calls == ROWS
     assert proxy.seen[:3] == [503, 429, 503] and proxy.seen.count(200) == ROWS
+
+
+def test_a_rerun_after_a_teacher_outage_retries_the_rows_that_failed(
+    vllm_server, ray_cluster, tmp_path
+):
+    """Teacher errors counted as done and against the budget: after one outage every rerun
+    failed before its first call, and only deleting files by hand helped (issue 15, item 2)."""
+    from dsbs.generate.pipeline import GenerationError
+
+    proxy = FlakyProxy(vllm_server, [503] * 10_000)  # down
+    source = tmp_path / "in.jsonl"
+    synth("arithmetic", ROWS, 7, str(source))
+    cfg = load_config(
+        None,
+        [
+            "teacher.engine=openai",
+            f"teacher.base_url={proxy.base_url}",
+            f"teacher.model={SERVED_NAME}",
+            "teacher.max_tokens=48",
+            "teacher.max_retries=0",
+            f"data.source={source}",
+            f"pipeline.run_dir={tmp_path / 'run'}",
+            "generate.shard_rows=2",
+            "generate.max_in_flight=2",
+        ],
+    )
+
+    def run():
+        return generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir)
+
+    with pytest.raises(GenerationError, match="error budget"):
+        run()
+    out = storage.join(
+        cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate)
+    )
+
+    def quarantine() -> list[dict]:
+        return [
+            json.loads(line)
+            for f in storage.list_files(storage.join(out, "quarantine"))
+            for line in Path(f).read_text().splitlines()
+        ]
+
+    failed = [q["id"] for q in quarantine() if q["reason"] == "teacher error"]
+    assert failed
+    proxy.failures.clear()  # the teacher is back
+    summary = run()
+    data = [r.id for r in read_records(storage.join(out, "data"))]
+    inputs = [r.id for r in read_records(storage.join(out, "inputs"))]
+    final = quarantine()
+    assert sorted(data + [q["id"] for q in final]) == sorted(inputs)  # each row exactly once
+    assert not [q for q in final if q["reason"] == "teacher error"]
+    assert set(failed) <= set(data) | {q["id"] for q in final}
+    assert summary.teacher_calls == ROWS  # nothing final was quarantined by the outage

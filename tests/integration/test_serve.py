@@ -282,3 +282,108 @@ def test_a_replica_killed_under_load_does_not_stop_the_answers(serve_port, tiny_
         assert load.errors() == 0, load.statuses
     finally:
         stop_student()
+
+
+CHUNKED_CAP = 400_000_000
+"""Bytes the endless chunked body stops at if no answer came first."""
+
+
+def _send_chunked(port: int, limit_s: float = 60) -> tuple[int, int]:
+    """Streams an endless chunked body to /v1/predict; returns (status, bytes sent by then)."""
+    import select
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=limit_s) as sock:
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b'{"inputs": ["' + b"x" * 65_000
+        sent, deadline = 0, time.monotonic() + limit_s
+        while time.monotonic() < deadline and sent < CHUNKED_CAP:
+            ready, _, _ = select.select([sock], [], [], 0)
+            if ready:
+                head = sock.recv(200).decode(errors="replace")
+                return int(head.split()[1]), sent
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:  # the server closed its side after answering
+                break
+            sent += len(chunk)
+            chunk = b"x" * 65_000
+        head = sock.recv(200).decode(errors="replace")
+        return (int(head.split()[1]) if head else 0), sent
+
+
+def test_limits_follow_the_export_and_bodies_count_as_they_arrive(serve_port, tiny_student):
+    """Items 11 and 13 of issue 15: the trained input length, and chunked bodies."""
+    cfg = _config(serve_port, tiny_student, max_input_tokens=512, max_body_bytes=100_000)
+    base = start_student(cfg, run_dir="unused")
+    try:
+        status, card = _request(f"{base}/v1/model")
+        assert status == 200 and card["max_input_tokens"] == 32  # the export's, not 512
+        status, body = _predict(base, [" ".join(_questions(6))])
+        assert status == 422 and body["error"]["reason"] == "input_too_long", body
+        assert "serve.max_input_tokens 512" in body["error"]["message"]
+        # A chunked body declares no length: it is refused once it passes the limit, not
+        # read whole first (before, no answer came until the client stopped sending). Serve's
+        # proxy takes in what the client sends until the replica's answer reaches it: about
+        # 50 MB here.
+        status, sent = _send_chunked(serve_port)
+        assert status == 413 and sent < CHUNKED_CAP / 2, (status, sent)
+    finally:
+        stop_student()
+
+
+def test_health_asks_a_predictor_and_turns_503_when_none_answers(serve_port, tiny_student):
+    """It cached the first model card: OK forever, whatever became of the predictors."""
+    import ray
+
+    cfg = _config(serve_port, tiny_student, health_timeout_s=2)
+    base = start_student(cfg, run_dir="unused")
+    try:
+        status, body = _request(f"{base}/healthz")
+        assert status == 200 and body["status"] == "ok" and body["model"]
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if PREDICTOR in actor["name"]:
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+        seen, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline and seen[-1:] != [200]:
+            status, body = _request(f"{base}/healthz")
+            seen.append(status)
+            if status == 503:
+                assert body["status"] == "unavailable" and body["error"], body
+        assert 503 in seen and seen[-1] == 200, seen  # down while the replica restarts, then up
+    finally:
+        stop_student()
+
+
+def test_a_student_re_published_under_its_prefix_is_served_new_after_a_restart(
+    serve_port, tiny_student, s3_bucket
+):
+    """The cache was keyed by the prefix: a node that had the student kept serving it old."""
+    import ray
+
+    prefix = f"{s3_bucket}/re-published"
+    for path in tiny_student.iterdir():
+        storage.write_bytes(f"{prefix}/{path.name}", path.read_bytes())
+    base = start_student(_config(serve_port, prefix), run_dir="unused")
+    try:
+        status, before = _request(f"{base}/v1/model")
+        assert status == 200 and before["source"] == prefix and before["files"]
+        info = json.loads((tiny_student / "dsbs_student.json").read_text())
+        storage.write_bytes(
+            f"{prefix}/dsbs_student.json", json.dumps({**info, "version": "v2"}).encode()
+        )
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if PREDICTOR in actor["name"]:
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+        deadline, after = time.monotonic() + 90, before
+        while time.monotonic() < deadline and after.get("version") != "v2":
+            time.sleep(1)
+            after = _request(f"{base}/v1/model")[1]
+        assert after["version"] == "v2" and after["files"] != before["files"], after
+        status, body = _predict(base, _questions(1))
+        assert status == 200 and body["model"] == "v2"
+    finally:
+        stop_student()

@@ -46,10 +46,21 @@ def test_a_good_request_parses():
 
 
 def test_inputs_over_the_token_limit_are_named():
-    check_lengths([3, 10], CFG)
+    check_lengths([3, 10], CFG, trained=256)
     with pytest.raises(Rejection) as caught:
-        check_lengths([3, 11, 12], CFG)
+        check_lengths([3, 11, 12], CFG, trained=256)
     assert caught.value.field == "inputs[1]" and caught.value.reason == "input_too_long"
+
+
+def test_the_limit_is_never_past_what_the_student_was_trained_on():
+    """serve.max_input_tokens 512 against an export trained on 256: 257-511 were cut silently."""
+    cfg = ServeConfig(max_input_tokens=512)
+    check_lengths([256], cfg, trained=256)
+    with pytest.raises(Rejection) as caught:
+        check_lengths([300], cfg, trained=256)
+    assert caught.value.status == 422
+    assert "serve.max_input_tokens 512" in caught.value.message
+    assert "trained on inputs of up to 256" in caught.value.message
 
 
 def test_field_names_read_like_paths():

@@ -36,11 +36,12 @@ def test_s3_prefix_is_downloaded_once_and_checked(s3_bucket, tmp_path):
     prefix = f"{s3_bucket}/models/t"
     folder = Path(resolve_model(prefix, str(tmp_path)))
     assert (folder / "sub" / "weights.bin").read_bytes() == b"0123456789"
-    storage.write_bytes(f"{s3_bucket}/models/t/config.json", b'{"a": 2}')
     assert Path(resolve_model(prefix, str(tmp_path))) == folder  # cached, not fetched again
-    assert (folder / "config.json").read_text() == '{"a": 1}'
     (folder / "sub" / "weights.bin").write_bytes(b"cut")  # a damaged cache is fetched again
-    resolve_model(prefix, str(tmp_path))
-    assert (folder / "config.json").read_text() == '{"a": 2}'
+    assert Path(resolve_model(prefix, str(tmp_path))) == folder
+    assert (folder / "sub" / "weights.bin").read_bytes() == b"0123456789"
+    storage.write_bytes(f"{s3_bucket}/models/t/config.json", b'{"a": 2}')
+    republished = Path(resolve_model(prefix, str(tmp_path)))  # new content, new folder
+    assert republished != folder and (republished / "config.json").read_text() == '{"a": 2}'
     with pytest.raises(ModelResolutionError, match="no files"):
         resolve_model(f"{s3_bucket}/models/empty", str(tmp_path))

@@ -23,6 +23,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from dsbs.auth import TEACHER_TOKEN_ENV, add_bearer_auth
 from dsbs.config import TeacherConfig, load_config
 from dsbs.precision import dtype_choice
 from dsbs.teachers.base import (
@@ -33,6 +34,7 @@ from dsbs.teachers.base import (
     TeacherRequest,
     TeacherTimeout,
 )
+from dsbs.teachers.vllm import replica_gpus
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class _OpenAIBody(BaseModel):
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
+    stream: bool = False
 
     def sampling(self) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
@@ -86,6 +89,11 @@ class ChatBody(_OpenAIBody):
 
 
 api = FastAPI(title="dsbs teacher", description="OpenAI-compatible teacher for dsbs")
+add_bearer_auth(
+    api,
+    TEACHER_TOKEN_ENV,
+    lambda message: {"error": {"message": message, "type": "invalid_request_error", "code": 401}},
+)
 _ids = itertools.count()
 
 
@@ -104,6 +112,7 @@ class TeacherServer:
         self, cfg: TeacherConfig, loader: Callable[[TeacherConfig], Teacher] = load_teacher
     ) -> None:
         self.model_name = cfg.model
+        self.cfg = cfg
         dtype, why = dtype_choice(cfg.dtype, cfg.use_gpu)  # judged on this replica's node
         self.description = f"{cfg.model} in {dtype} ({why})"
         self.teacher = loader(cfg)
@@ -151,6 +160,28 @@ class TeacherServer:
         if shutdown is not None:
             shutdown()
 
+    def _check(self, body: _OpenAIBody, prompts: int) -> None:
+        """The HTTP routes' bounds: a 400 that says which, before any work is queued.
+
+        Without them one request could hold the engine for hours (max_tokens=10**7) or
+        queue thousands of prompts at once.
+        """
+        problems = []
+        if body.stream:
+            problems.append("stream=true is not supported: ask without streaming")
+        if body.max_tokens > self.cfg.max_model_len:
+            problems.append(
+                f"max_tokens {body.max_tokens} is over the model's context "
+                f"(teacher.max_model_len {self.cfg.max_model_len})"
+            )
+        if prompts > self.cfg.max_prompts_per_request:
+            problems.append(
+                f"{prompts} prompts in one request; at most "
+                f"{self.cfg.max_prompts_per_request} (teacher.max_prompts_per_request)"
+            )
+        if problems:
+            raise HTTPException(status_code=400, detail="; ".join(problems))
+
     async def _run(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
         try:
             return list(await asyncio.gather(*(self.teacher.complete(r) for r in requests)))
@@ -175,6 +206,7 @@ class TeacherServer:
     async def completions(self, body: CompletionBody) -> dict[str, Any]:
         """OpenAI text completions; a list of prompts gives n choices per prompt."""
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        self._check(body, len(prompts))
         base = f"cmpl-{next(_ids)}"
         requests = [
             TeacherRequest(f"{base}-{i}", prompt=p, sampling=body.sampling())
@@ -197,6 +229,7 @@ class TeacherServer:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatBody) -> dict[str, Any]:
         """OpenAI chat completions through the model's chat template."""
+        self._check(body, 1)
         messages = tuple((m.role, m.content) for m in body.messages)
         request = TeacherRequest(f"chat-{next(_ids)}", messages=messages, sampling=body.sampling())
         [reply] = await self._run([request])
@@ -228,7 +261,7 @@ def teacher_app(
         max_ongoing_requests=cfg.max_ongoing_requests,
         ray_actor_options={
             "num_cpus": cfg.num_cpus,
-            "num_gpus": cfg.tensor_parallel_size if cfg.use_gpu else 0,
+            "num_gpus": replica_gpus(cfg),
         },
         health_check_period_s=10,
         health_check_timeout_s=60,

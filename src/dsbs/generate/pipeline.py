@@ -9,9 +9,11 @@
 
 Exactly once: the driver is the only writer; every shard is written atomically and holds
 whole rows; on a rerun the ids in existing data and quarantine shards are skipped before
-any teacher call. The output folder is named by a hash of everything that changes what the
-teacher writes (task, source, teacher, sampling, prompt), so a changed prompt or teacher
-starts a new output instead of mixing into the old one.
+any teacher call - except rows quarantined as teacher errors: an outage is not the row's
+fault, so a rerun takes them out of the quarantine and asks the teacher again. The output
+folder is named by a hash of everything that changes what the teacher writes (task, source,
+teacher, sampling, prompt), so a changed prompt or teacher starts a new output instead of
+mixing into the old one.
 """
 
 from __future__ import annotations
@@ -161,6 +163,28 @@ def _quarantine_rows(out_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _final_quarantine(out_dir: str) -> tuple[list[dict[str, Any]], int]:
+    """The quarantined rows that stay quarantined, and how many teacher errors go back.
+
+    Teacher errors of earlier runs (an outage, a replica that kept dying) are rewritten out
+    of their shards, so this run retries those rows; bad input and unparseable answers are
+    final. Until a retried row is answered it is in neither data nor quarantine, so a crash
+    in between loses nothing: the next run retries it again.
+    """
+    rows: list[dict[str, Any]] = []
+    retried = 0
+    for file in storage.list_files(storage.join(out_dir, "quarantine")):
+        if not file.endswith(".jsonl"):
+            continue
+        shard = [r.data for r in storage.iter_rows(file) if r.data is not None]
+        final = [row for row in shard if row["reason"] != TEACHER_ERROR]
+        if len(final) < len(shard):
+            storage.write_rows(file, final, "jsonl")
+            retried += len(shard) - len(final)
+        rows.extend(final)
+    return rows, retried
+
+
 class _Writer:
     """Buffers outcomes and writes them as numbered, atomic shards (data, then quarantine)."""
 
@@ -209,20 +233,67 @@ def _check_budget(errors: int, total: int, max_fraction: float, out_dir: str) ->
 
 
 def _deploy_teacher(teacher: TeacherConfig, loader: Callable[[TeacherConfig], Any] | None) -> None:
+    """Starts the teacher app, failing after teacher.startup_timeout_s instead of waiting on.
+
+    serve.run waits until the app runs, forever where no node can hold a replica (a GPU
+    teacher on a cluster without such GPUs); so the app is deployed without waiting and its
+    status watched here.
+    """
     from ray import serve
+    from ray.serve.schema import ApplicationStatus
 
     from dsbs.generate.deployment import APP_NAME, load_teacher, teacher_app
 
     log.info(
         "starting the teacher (%s) in Ray Serve; loading the model takes a while", teacher.model
     )
+    target = serve.RunTarget(
+        target=teacher_app(teacher, loader or load_teacher), name=APP_NAME, route_prefix=None
+    )
     try:
-        handle = serve.run(
-            teacher_app(teacher, loader or load_teacher), name=APP_NAME, route_prefix=None
-        )
-        log.info("teacher: %s", handle.describe.remote().result(timeout_s=60))
+        [handle] = serve.run_many([target], wait_for_applications_running=False)
     except Exception as err:
         raise GenerationError(f"the teacher deployment did not start: {err}") from err
+    deadline = time.monotonic() + teacher.startup_timeout_s
+    while True:
+        status = serve.status().applications.get(APP_NAME)
+        if status is not None and status.status == ApplicationStatus.RUNNING:
+            break
+        if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+            raise GenerationError(f"the teacher deployment did not start: {status.message}")
+        if time.monotonic() > deadline:
+            reason = _unplaced_reason(teacher)
+            serve.delete(APP_NAME)
+            raise GenerationError(reason)
+        time.sleep(1)
+    log.info("teacher: %s", handle.describe.remote().result(timeout_s=60))
+
+
+def _unplaced_reason(teacher: TeacherConfig) -> str:
+    """Why the teacher is not up: what a replica asks for, what the cluster has, Serve's words."""
+    import ray
+    from ray import serve
+
+    from dsbs.generate.deployment import APP_NAME
+    from dsbs.teachers.vllm import replica_gpus
+
+    asked = {"CPU": teacher.num_cpus, "GPU": replica_gpus(teacher)}
+    nodes = [
+        {k: v for k, v in node["Resources"].items() if k in ("CPU", "GPU")}
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
+    status = serve.status().applications.get(APP_NAME)
+    said = "; ".join(
+        d.message for d in (status.deployments.values() if status else []) if d.message
+    )
+    return (
+        "the teacher did not start within "
+        f"teacher.startup_timeout_s={teacher.startup_timeout_s:g} s: each replica asks for "
+        f"{asked} on one node (teacher.num_cpus; tensor_parallel_size x pipeline_parallel_size "
+        f"GPUs with teacher.use_gpu), and the cluster's nodes have {nodes}. "
+        f"Serve: {said or 'no message'}"
+    )
 
 
 def _read_not_done(batch: Any, done: frozenset[str]) -> Any:
@@ -340,8 +411,12 @@ def generate_rationales(
     )
     inputs = prepare_inputs(task, data.source, out_dir, generate.shard_rows)
     total = inputs.rows + inputs.bad
-    quarantined = _quarantine_rows(out_dir)
+    quarantined, retried = _final_quarantine(out_dir)
+    if retried:
+        log.info("retrying %d rows that failed at the teacher in an earlier run", retried)
     done = _done_ids(out_dir, quarantined)  # bad input rows included: they are quarantined
+    # The budget counts bad input rows (final) and this run's teacher errors, so an earlier
+    # outage does not fail every rerun before its first call.
     errors = sum(1 for r in quarantined if r["reason"] in ERROR_REASONS)
     _check_budget(errors, total, generate.max_error_fraction, out_dir)
     skipped = len(done) - inputs.bad

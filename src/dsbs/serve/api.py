@@ -52,7 +52,13 @@ class ModelCard(BaseModel):
     label_prefix: str
     rationale_prefix: str
     max_input_tokens: int
+    """The longest input served (the smaller of serve.max_input_tokens and the trained length)."""
     backend: str
+    source: str
+    """The export served (a folder or s3:// prefix)."""
+    files: str | None
+    """A digest of its files as this replica loaded them (S3 ETags, or local sizes and times):
+    replicas showing different ones serve different publications of the student."""
 
 
 class Rejection(Exception):
@@ -111,18 +117,34 @@ def body_too_large(cfg: ServeConfig) -> Rejection:
     return Rejection(413, "body", f"request body over {cfg.max_body_bytes} bytes", "body_too_large")
 
 
-def check_lengths(token_counts: list[int], cfg: ServeConfig) -> None:
-    """Refuses inputs longer than `max_input_tokens` (prefix and end-of-sequence included).
+def input_token_limit(cfg: ServeConfig, trained: int) -> int:
+    """The longest input served, in student tokens.
+
+    serve.max_input_tokens, but never more than the export's trained input length: the
+    student would cut the rest off without a word.
+    """
+    return min(cfg.max_input_tokens, trained)
+
+
+def check_lengths(token_counts: list[int], cfg: ServeConfig, trained: int) -> None:
+    """Refuses inputs longer than the limit (prefix and end-of-sequence included).
+
+    Args:
+        token_counts: each input's length in student tokens.
+        cfg: the serve section (max_input_tokens).
+        trained: the export's max_input_length.
 
     Raises:
-        Rejection: 422 naming the first input over the limit.
+        Rejection: 422 naming the first input over the limit, and both limits.
     """
+    limit = input_token_limit(cfg, trained)
     for i, count in enumerate(token_counts):
-        if count > cfg.max_input_tokens:
+        if count > limit:
             raise Rejection(
                 422,
                 f"inputs[{i}]",
-                f"{count} tokens; at most {cfg.max_input_tokens}",
+                f"{count} tokens; at most {limit} (serve.max_input_tokens "
+                f"{cfg.max_input_tokens}; the student was trained on inputs of up to {trained})",
                 "input_too_long",
             )
 

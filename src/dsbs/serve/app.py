@@ -24,6 +24,8 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.metrics import Counter, Histogram
 
+from dsbs import storage
+from dsbs.auth import STUDENT_TOKEN_ENV, add_bearer_auth
 from dsbs.config import ServeConfig
 from dsbs.serve.api import (
     ModelCard,
@@ -33,6 +35,7 @@ from dsbs.serve.api import (
     Rejection,
     body_too_large,
     check_lengths,
+    input_token_limit,
     parse_request,
 )
 from dsbs.serve.backends import Backend, load_backend
@@ -47,9 +50,35 @@ _WARMUP_INPUT = "warm up"
 # Tries per request when a student replica dies under it.
 _ATTEMPTS = 3
 
+
+# Defined above the ingress: `serve.ingress` pickles the app, and what its routes call, when
+# the class is decorated (a function defined below it is missing in the replica).
+async def read_body(request: Request, cfg: ServeConfig) -> bytes:
+    """The request body, refused as soon as it passes max_body_bytes while it arrives.
+
+    A chunked body declares no length, so the Content-Length check alone would read any
+    amount into memory first.
+
+    Raises:
+        Rejection: 413 once the body passes the limit.
+    """
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cfg.max_body_bytes:
+            raise body_too_large(cfg)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 api = FastAPI(
     title="dsbs student",
     description="A T5 student distilled step-by-step: labels, and rationales when asked.",
+)
+add_bearer_auth(
+    api,
+    STUDENT_TOKEN_ENV,
+    lambda message: Rejection(401, "authorization", message, "unauthorized").body(),
 )
 
 
@@ -59,6 +88,9 @@ class StudentPredictor:
 
     def __init__(self, cfg: ServeConfig, model: str, loader: Callable[..., Backend] = load_backend):
         started = time.perf_counter()
+        # What this replica serves, as the files were when it loaded them (S3 ETags or local
+        # sizes and times): a student re-published under the same prefix shows a new value.
+        self.source, self.files = model, storage.fingerprint(model)
         self.backend = loader(cfg, model)
         self.info = self.backend.info
         self.cfg = cfg
@@ -84,12 +116,17 @@ class StudentPredictor:
             version=self.info.version,
             label_prefix=self.info.label_prefix,
             rationale_prefix=self.info.rationale_prefix,
-            max_input_tokens=self.cfg.max_input_tokens,
+            max_input_tokens=input_token_limit(self.cfg, self.info.max_input_length),
             backend=self.cfg.backend,
+            source=self.source,
+            files=self.files,
         )
 
-    async def predict(self, inputs: list[str], rationale: bool) -> list[Prediction] | Rejection:
+    async def predict(self, inputs: list[str], rationale: bool) -> PredictResponse | Rejection:
         """Labels (and rationales) for one request's inputs, or why they are refused.
+
+        The response names this replica's model version, so an answer always says which
+        student gave it (replicas of a re-published model may briefly differ).
 
         A refusal is returned, not raised: an exception would reach the ingress wrapped in
         Ray's task error, not as the 4xx it is.
@@ -103,17 +140,18 @@ class StudentPredictor:
             )
         prefixed = [self.info.label_prefix + text for text in inputs]
         try:
-            check_lengths(self.backend.count_tokens(prefixed), self.cfg)
+            check_lengths(self.backend.count_tokens(prefixed), self.cfg, self.info.max_input_length)
         except Rejection as rejection:
             return rejection
         if rationale:
             prefixed += [self.info.rationale_prefix + text for text in inputs]
         outputs = await asyncio.gather(*(self._decode(text) for text in prefixed))
         n = len(inputs)
-        return [
+        predictions = [
             Prediction(label=outputs[i], rationale=outputs[n + i] if rationale else None)
             for i in range(n)
         ]
+        return PredictResponse(predictions=predictions, model=self.info.version)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _decode(self, texts: list[str]) -> list[str]:
@@ -134,7 +172,6 @@ class StudentAPI:
     def __init__(self, predictor: Any, cfg: ServeConfig) -> None:
         self.predictor = predictor
         self.cfg = cfg
-        self._card: ModelCard | None = None
         self.predictions = Counter("dsbs_student_predictions", description="Inputs answered.")
         self.rejected = Counter(
             "dsbs_student_rejected_requests",
@@ -164,7 +201,7 @@ class StudentAPI:
         if declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
             return self._reject(body_too_large(self.cfg))
         try:
-            body = parse_request(await request.body(), self.cfg)
+            body = parse_request(await read_body(request, self.cfg), self.cfg)
             predictions = await asyncio.wait_for(
                 self._predict(body), timeout=self.cfg.request_timeout_s
             )
@@ -180,11 +217,10 @@ class StudentAPI:
             )
         if isinstance(predictions, Rejection):
             return self._reject(predictions)
-        self.predictions.inc(len(predictions))
-        card = await self._model_card()
-        return PredictResponse(predictions=predictions, model=card.version)
+        self.predictions.inc(len(predictions.predictions))
+        return predictions
 
-    async def _predict(self, body: PredictRequest) -> list[Prediction] | Rejection:
+    async def _predict(self, body: PredictRequest) -> PredictResponse | Rejection:
         # Predictions are idempotent: a request whose replica died (scaled in, preempted,
         # killed) goes to another one instead of failing.
         for _ in range(_ATTEMPTS - 1):
@@ -195,20 +231,38 @@ class StudentAPI:
         return await self.predictor.predict.remote(body.inputs, body.rationale)
 
     @api.get("/v1/model", response_model=ModelCard)
-    async def model(self) -> ModelCard:
-        """The served student: task, prefixes, size, version and backend."""
-        return await self._model_card()
+    async def model(self) -> Any:
+        """The served student as a predictor reports it: task, prefixes, size, version, files."""
+        try:
+            return await asyncio.wait_for(
+                self.predictor.model_card.remote(), timeout=self.cfg.health_timeout_s
+            )
+        except (TimeoutError, RayActorError, ActorUnavailableError) as err:
+            return self._reject(
+                Rejection(
+                    503, "body", f"no predictor answered: {type(err).__name__}", "unavailable"
+                )
+            )
 
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, str]:
-        """Liveness and readiness: answers once a predictor replica has loaded the student."""
-        card = await self._model_card()
-        return {"status": "ok", "model": card.version}
+    async def healthz(self) -> Any:
+        """Readiness: a predictor answers within serve.health_timeout_s, else 503.
 
-    async def _model_card(self) -> ModelCard:
-        if self._card is None:
-            self._card = await self.predictor.model_card.remote()
-        return self._card
+        It asks a predictor every time (not a cached card), so it turns 503 when every
+        predictor is gone and shows the version being served after a redeploy.
+        """
+        try:
+            card = await asyncio.wait_for(
+                self.predictor.model_card.remote(), timeout=self.cfg.health_timeout_s
+            )
+        except (TimeoutError, RayActorError, ActorUnavailableError) as err:
+            reason = (
+                f"no predictor answered in {self.cfg.health_timeout_s} s"
+                if isinstance(err, TimeoutError)
+                else f"student replicas unavailable: {type(err).__name__}"
+            )
+            return JSONResponse({"status": "unavailable", "error": reason}, status_code=503)
+        return {"status": "ok", "model": card.version}
 
 
 def autoscaling_config(cfg: ServeConfig) -> dict[str, Any]:

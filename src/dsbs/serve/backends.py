@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dsbs.config import ServeConfig
-from dsbs.model_cache import cache_root, fetch_folder, is_ready, publish
+from dsbs.model_cache import cache_root, ensure_folder, fetch_folder
 from dsbs.precision import native_bf16
 from dsbs.student.decode import generate_texts
 from dsbs.student.export import StudentInfo, load_student, read_student_info
@@ -46,7 +46,7 @@ class Backend(Protocol):
 class HFBackend:
     """`AutoModelForSeq2SeqLM.generate`: fp32 on CPU, bf16 on a GPU that has it natively."""
 
-    def __init__(self, folder: str, cfg: ServeConfig, cache_dir: str) -> None:
+    def __init__(self, folder: str, cfg: ServeConfig, cache_dir: str | None) -> None:
         import torch
 
         use_gpu = cfg.num_gpus > 0
@@ -70,7 +70,7 @@ class HFBackend:
 class CTranslate2Backend:
     """A CTranslate2 `Translator` on the converted export: int8 on CPU, bfloat16 on GPU."""
 
-    def __init__(self, folder: str, cfg: ServeConfig, cache_dir: str) -> None:
+    def __init__(self, folder: str, cfg: ServeConfig, cache_dir: str | None) -> None:
         import ctranslate2
         from transformers import AutoTokenizer
 
@@ -125,7 +125,7 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts)).input_ids]
 
 
-def convert_to_ctranslate2(folder: str, cache_dir: str) -> Path:
+def convert_to_ctranslate2(folder: str, cache_dir: str | None = None) -> Path:
     """The export converted to CTranslate2's format (float32 weights), once per node.
 
     Quantization happens at load (`compute_type`), so one conversion serves CPU and GPU.
@@ -135,8 +135,6 @@ def convert_to_ctranslate2(folder: str, cache_dir: str) -> Path:
     info = read_student_info(folder)
     key = hashlib.sha256(f"{Path(folder).resolve()}|{info.version}".encode()).hexdigest()[:16]
     target = cache_root(cache_dir) / "ctranslate2" / key
-    if is_ready(target):
-        return target
 
     class _T5Converter(TransformersConverter):
         def load_model(self, model_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
@@ -150,8 +148,8 @@ def convert_to_ctranslate2(folder: str, cache_dir: str) -> Path:
     def fill(staging: Path) -> None:
         _T5Converter(folder).convert(str(staging), force=True)
 
-    publish(target, folder, fill)
-    log.info("converted %s to ctranslate2 at %s", folder, target)
+    ensure_folder(target, folder, fill)
+    log.info("the export in ctranslate2's format: %s", target)
     return target
 
 
@@ -171,12 +169,12 @@ def count_parameters(folder: str) -> int:
     return total
 
 
-def load_backend(cfg: ServeConfig, spec: str, cache_dir: str = "~/.cache/dsbs") -> Backend:
+def load_backend(cfg: ServeConfig, spec: str, cache_dir: str | None = None) -> Backend:
     """The configured backend on the export at `spec` (local folder or s3:// prefix)."""
     return BACKENDS[cfg.backend](fetch_folder(spec, cache_dir), cfg, cache_dir)
 
 
-BACKENDS: dict[str, Callable[[str, ServeConfig, str], Backend]] = {
+BACKENDS: dict[str, Callable[[str, ServeConfig, str | None], Backend]] = {
     "hf": HFBackend,
     "ctranslate2": CTranslate2Backend,
 }

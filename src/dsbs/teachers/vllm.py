@@ -25,22 +25,35 @@ CPU_MEMORY_UTILIZATION = 0.5
 def engine_args(cfg: TeacherConfig) -> dict[str, Any]:
     """The AsyncEngineArgs keyword arguments for a teacher config (model and dtype resolved).
 
-    Call it where the engine runs: `dtype: auto` looks at this machine's CPU or GPU.
+    Call it where the engine runs: `dtype: auto` looks at this machine's CPU or GPU. Settings
+    left None are vLLM's defaults.
     """
-    return {
-        "model": resolve_model(cfg.model, cfg.cache_dir),
+    args: dict[str, Any] = {
+        "model": resolve_model(cfg.model),
         "dtype": resolve_dtype(cfg.dtype, cfg.use_gpu),
         "max_model_len": cfg.max_model_len,
         "tensor_parallel_size": cfg.tensor_parallel_size,
+        "pipeline_parallel_size": cfg.pipeline_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization
         if cfg.use_gpu
         else CPU_MEMORY_UTILIZATION,
         "enable_prefix_caching": cfg.enable_prefix_caching,
-        # Eager mode: CUDA graphs don't exist on CPU, and on GPU they add start-up time for
-        # a job-scoped engine; throughput differences are small at the teacher's batch sizes.
-        "enforce_eager": True,
+        "enforce_eager": not cfg.use_gpu if cfg.enforce_eager is None else cfg.enforce_eager,
+        "kv_cache_dtype": cfg.kv_cache_dtype,
         "disable_log_stats": True,
     }
+    optional = {
+        "max_num_seqs": cfg.max_num_seqs,
+        "max_num_batched_tokens": cfg.max_num_batched_tokens,
+        "quantization": cfg.quantization,
+    }
+    args.update({key: value for key, value in optional.items() if value is not None})
+    return args
+
+
+def replica_gpus(cfg: TeacherConfig) -> int:
+    """GPUs one teacher replica asks Serve for: its engine's tensor x pipeline parallel size."""
+    return cfg.tensor_parallel_size * cfg.pipeline_parallel_size if cfg.use_gpu else 0
 
 
 def _sampling_params(sampling: Sampling) -> Any:

@@ -65,7 +65,7 @@ class EvalSummary:
 
 
 def evaluate_export(
-    model: str, data: str, batch_size: int = 32, cache_dir: str = "~/.cache/dsbs"
+    model: str, data: str, batch_size: int = 32, cache_dir: str | None = None
 ) -> EvalSummary:
     """Scores an exported student on records: its `predict:` output against the gold label.
 

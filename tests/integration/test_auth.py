@@ -1,0 +1,112 @@
+"""Both HTTP apps behind their tokens, and the teacher's bounds, over real HTTP (issue 15,
+item 14): the student app (tiny export) and the OpenAI-compatible teacher (vLLM's CPU build,
+the embedded model), on a local Ray whose processes have the tokens in their environment,
+as a Kubernetes Secret puts them there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from ports import free_port
+
+from dsbs.auth import STUDENT_TOKEN_ENV, TEACHER_TOKEN_ENV
+from dsbs.config import ServeConfig, TeacherConfig
+
+pytestmark = pytest.mark.slow
+
+TOKENS = {STUDENT_TOKEN_ENV: "student-secret-0123456789", TEACHER_TOKEN_ENV: "teacher-secret-9876"}
+
+
+@pytest.fixture(scope="module")
+def tokens() -> Iterator[None]:
+    """The tokens in this process's environment before Ray starts, so its workers have them."""
+    saved = {key: os.environ.get(key) for key in TOKENS}
+    os.environ.update(TOKENS)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def port(tokens: None, ray_cluster: None) -> Iterator[int]:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield port
+    finally:
+        serve.shutdown()
+
+
+def _call(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict, dict]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}"), dict(err.headers)
+
+
+def test_the_student_app_wants_its_token(port, tiny_student):
+    from dsbs.serve.runner import start_student, stop_student
+
+    cfg = ServeConfig(model=str(tiny_student), port=port, num_cpus=0.5)
+    base = start_student(cfg, run_dir="unused")
+    try:
+        url, body = f"{base}/v1/predict", {"inputs": ["What is 2 plus 3?"]}
+        status, answer, headers = _call(url, body)
+        assert status == 401 and answer["error"]["reason"] == "unauthorized"
+        assert headers.get("www-authenticate") == "Bearer"
+        assert _call(url, body, token="wrong")[0] == 401
+        assert _call(url, body, token=TOKENS[TEACHER_TOKEN_ENV])[0] == 401  # the other app's
+        assert _call(f"{base}/v1/model")[0] == 401
+        status, answer, _ = _call(url, body, token=TOKENS[STUDENT_TOKEN_ENV])
+        assert status == 200 and len(answer["predictions"]) == 1
+        assert _call(f"{base}/healthz")[0] == 200  # probes send no token
+    finally:
+        stop_student()
+
+
+def test_the_teacher_app_wants_its_token_and_bounds_each_request(port):
+    from ray import serve
+
+    from dsbs.generate.deployment import APP_NAME, teacher_app
+
+    cfg = TeacherConfig(max_model_len=1024, max_prompts_per_request=4)
+    serve.run(teacher_app(cfg), name=APP_NAME, route_prefix="/")
+    try:
+        base, token = f"http://127.0.0.1:{port}", TOKENS[TEACHER_TOKEN_ENV]
+        chat = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+        status, answer, _ = _call(f"{base}/v1/chat/completions", chat)
+        assert status == 401 and answer["error"]["code"] == 401
+        assert _call(f"{base}/v1/models")[0] == 401
+        assert _call(f"{base}/healthz")[0] == 200
+        status, answer, _ = _call(f"{base}/v1/chat/completions", chat, token)
+        assert status == 200 and answer["choices"][0]["message"]["content"]
+        # Each of these held the engine or queued unbounded work before; now a 400 at once.
+        too_long = {"prompt": "Q: 1 + 1?\nA:", "max_tokens": 10**7}
+        status, answer, _ = _call(f"{base}/v1/completions", too_long, token)
+        assert status == 400 and "teacher.max_model_len 1024" in answer["detail"], answer
+        many = {"prompt": ["Q: hi\nA:"] * 5, "max_tokens": 4}
+        status, answer, _ = _call(f"{base}/v1/completions", many, token)
+        assert status == 400 and "at most 4" in answer["detail"], answer
+        status, answer, _ = _call(f"{base}/v1/chat/completions", {**chat, "stream": True}, token)
+        assert status == 400 and "stream=true is not supported" in answer["detail"], answer
+    finally:
+        serve.delete(APP_NAME)
