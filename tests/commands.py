@@ -13,7 +13,9 @@ TINY_CONFIG = "tests/assets/configs/pipeline-tiny.yaml"
 """The smallest whole pipeline (a few synthetic rows, the embedded teacher, t5-tiny)."""
 
 
-def run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+def run_command(
+    args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
     """Runs `args` from the repository root, capturing its output; never raises on failure."""
     return subprocess.run(
         args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False

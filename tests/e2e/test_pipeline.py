@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from commands import BIN, TINY_CONFIG
+from commands import BIN, TINY_CONFIG, run_command
 from ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_pipeline_by_ray_job_submit_then_rerun_by_dsbs_run_skips_done_stages(tmp
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     data, run = tmp_path / "synth.jsonl", tmp_path / "run"
     synth_args = ["data", "synth", "--task", "arithmetic", "--n", "32", "--seed", "3"]
-    synth = run([str(BIN / "dsbs"), *synth_args, "--out", str(data)], env, 60)
+    synth = run_command([str(BIN / "dsbs"), *synth_args, "--out", str(data)], env, 60)
     assert synth.returncode == 0, synth.stderr
     overrides = [f"pipeline.run_dir={run}", f"data.source={data}", f"serve.port={free_port()}"]
 
@@ -61,14 +61,14 @@ def test_pipeline_by_ray_job_submit_then_rerun_by_dsbs_run_skips_done_stages(tmp
     head_args = ["start", "--head", "--num-cpus", "2", "--port", str(free_port())]
     head_args += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
     head_args += ["--include-dashboard", "true", "--disable-usage-stats"]
-    head = run([str(BIN / "ray"), *head_args], env, 120)
+    head = run_command([str(BIN / "ray"), *head_args], env, 120)
     assert head.returncode == 0, head.stderr
     try:
         job = ["job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir"]
         job += [".", "--", sys.executable, "ray_jobs/distill_pipeline.py", "--config", TINY_CONFIG]
-        submitted = run([str(BIN / "ray"), *job, *overrides], env, 1200)
+        submitted = run_command([str(BIN / "ray"), *job, *overrides], env, 1200)
     finally:
-        run([str(BIN / "ray"), "stop", "--force"], env, 120)
+        run_command([str(BIN / "ray"), "stop", "--force"], env, 120)
     output = submitted.stderr + submitted.stdout  # the job's own log streams to stdout
     assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
     assert "run: student test accuracy" in output, output[-6000:]
@@ -76,7 +76,7 @@ def test_pipeline_by_ray_job_submit_then_rerun_by_dsbs_run_skips_done_stages(tmp
 
     # A rerun with the console script on the same run directory: nothing to generate or
     # train again (no teacher starts), the student is served and asked again, report rewritten.
-    rerun = run([str(BIN / "dsbs"), "run", "--config", TINY_CONFIG, *overrides], env, 600)
+    rerun = run_command([str(BIN / "dsbs"), "run", "--config", TINY_CONFIG, *overrides], env, 600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert rerun.stdout.startswith("run: student test accuracy"), rerun.stdout
     assert "0 teacher calls (32 rows already done," in rerun.stderr

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from commands import BIN, TINY_CONFIG, run
+from commands import BIN, TINY_CONFIG, run_command
 from ports import free_port, ray_node_ports
 
 from dsbs import storage
@@ -32,31 +32,31 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # KubeRay's authOptions gives every pod the same one (the second node has its own HOME,
     # so it cannot read the head's ~/.ray/auth_token).
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
-    saved = {key: os.environ.get(key) for key in token}
-    os.environ.update(token)
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    gcs, dashboard = free_port(), free_port()
-    head = ["start", "--head", "--num-cpus=0", "--node-ip-address=127.0.0.1", f"--port={gcs}"]
-    head += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
-    head += ["--include-dashboard=true", f"--ray-client-server-port={free_port()}"]
-    head += ["--disable-usage-stats", *ray_node_ports()]
-    started = run([str(BIN / "ray"), *head], env, 120)
-    assert started.returncode == 0, started.stderr
-    try:
-        home = tmp_path_factory.mktemp("worker-home")
-        worker = ["start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.2"]
-        worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
-        joined = run([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
-        assert joined.returncode == 0, joined.stderr
-        _wait_for_nodes(f"http://127.0.0.1:{dashboard}", 2)
-        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
-    finally:
-        run([str(BIN / "ray"), "stop", "--force"], env, 120)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:  # the environment comes back whatever happens
+        for key, value in token.items():
+            patch.setenv(key, value)
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+        gcs, dashboard = free_port(), free_port()
+        head = ["start", "--head", "--num-cpus=0", "--node-ip-address=127.0.0.1"]
+        head += [f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
+        head += ["--include-dashboard=true", f"--ray-client-server-port={free_port()}"]
+        head += ["--disable-usage-stats", *ray_node_ports()]
+        try:
+            started = run_command([str(BIN / "ray"), *head], env, 120)
+            assert started.returncode == 0, started.stderr
+            home = tmp_path_factory.mktemp("worker-home")
+            worker = ["start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.2"]
+            worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
+            joined = run_command([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
+            assert joined.returncode == 0, joined.stderr
+            _wait_for_nodes(f"http://127.0.0.1:{dashboard}", 2)
+            yield {
+                "gcs": f"127.0.0.1:{gcs}",
+                "dashboard": f"http://127.0.0.1:{dashboard}",
+                "env": env,
+            }
+        finally:
+            run_command([str(BIN / "ray"), "stop", "--force"], env, 120)
 
 
 def _wait_for_nodes(dashboard: str, count: int) -> None:
@@ -82,18 +82,18 @@ def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node
     env, address = two_nodes["env"], two_nodes["gcs"]
     data = tmp_path / "synth.jsonl"
     synth = ["data", "synth", "--task", "arithmetic", "--n", "32", "--seed", "3"]
-    assert run([str(BIN / "dsbs"), *synth, "--out", str(data)], env, 60).returncode == 0
+    assert run_command([str(BIN / "dsbs"), *synth, "--out", str(data)], env, 60).returncode == 0
     dsbs_run = [str(BIN / "dsbs"), "run", "--config", TINY_CONFIG]
     dsbs_run += [f"pipeline.ray_address={address}", f"data.source={data}"]
     dsbs_run.append(f"serve.port={free_port()}")
 
-    refused = run([*dsbs_run, f"pipeline.run_dir={tmp_path}"], env, 300)
+    refused = run_command([*dsbs_run, f"pipeline.run_dir={tmp_path}"], env, 300)
     assert refused.returncode != 0
     assert "this Ray cluster has 2 nodes" in refused.stderr, refused.stderr[-3000:]
     assert "pipeline.run_dir=s3://" in refused.stderr
 
     run_dir = f"{s3_bucket}/two-nodes"
-    done = run([*dsbs_run, f"pipeline.run_dir={run_dir}"], env, 1500)
+    done = run_command([*dsbs_run, f"pipeline.run_dir={run_dir}"], env, 1500)
     assert done.returncode == 0, done.stderr[-6000:]
     # The replicas' logs reach the driver's stdout too (Ray's log_to_driver).
     summary = [line for line in done.stdout.splitlines() if line.startswith("run: student")]

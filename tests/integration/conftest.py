@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 
 import pytest
+from ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +25,16 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
         # replica for its dtype) keeps threads that would start Ray again after shutdown.
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_port(ray_cluster: None) -> Iterator[int]:
+    """Ray Serve started on a free port for this module; shut down after it."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield port
+    finally:
+        serve.shutdown()

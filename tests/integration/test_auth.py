@@ -7,13 +7,11 @@ as a Kubernetes Secret puts them there.
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from ports import free_port
 
 from dsbs.auth import STUDENT_TOKEN_ENV, TEACHER_TOKEN_ENV
 from dsbs.config import ServeConfig, TeacherConfig
@@ -23,31 +21,14 @@ pytestmark = pytest.mark.slow
 TOKENS = {STUDENT_TOKEN_ENV: "student-secret-0123456789", TEACHER_TOKEN_ENV: "teacher-secret-9876"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def tokens() -> Iterator[None]:
-    """The tokens in this process's environment before Ray starts, so its workers have them."""
-    saved = {key: os.environ.get(key) for key in TOKENS}
-    os.environ.update(TOKENS)
-    try:
+    """The tokens in this process's environment before Ray starts, so its workers have them
+    (autouse: module fixtures of its own scope are set up first)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in TOKENS.items():
+            patch.setenv(key, value)
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def port(tokens: None, ray_cluster: None) -> Iterator[int]:
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield port
-    finally:
-        serve.shutdown()
 
 
 def _call(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict, dict]:
@@ -63,10 +44,10 @@ def _call(url: str, body: dict | None = None, token: str | None = None) -> tuple
         return err.code, json.loads(err.read() or b"{}"), dict(err.headers)
 
 
-def test_the_student_app_wants_its_token(port, tiny_student):
+def test_the_student_app_wants_its_token(serve_port, tiny_student):
     from dsbs.serve.runner import start_student, stop_student
 
-    cfg = ServeConfig(model=str(tiny_student), port=port, num_cpus=0.5)
+    cfg = ServeConfig(model=str(tiny_student), port=serve_port, num_cpus=0.5)
     base = start_student(cfg, run_dir="unused")
     try:
         url, body = f"{base}/v1/predict", {"inputs": ["What is 2 plus 3?"]}
@@ -83,7 +64,7 @@ def test_the_student_app_wants_its_token(port, tiny_student):
         stop_student()
 
 
-def test_the_teacher_app_wants_its_token_and_bounds_each_request(port):
+def test_the_teacher_app_wants_its_token_and_bounds_each_request(serve_port):
     from ray import serve
 
     from dsbs.generate.deployment import APP_NAME, teacher_app
@@ -91,7 +72,7 @@ def test_the_teacher_app_wants_its_token_and_bounds_each_request(port):
     cfg = TeacherConfig(max_model_len=1024, max_prompts_per_request=4)
     serve.run(teacher_app(cfg), name=APP_NAME, route_prefix="/")
     try:
-        base, token = f"http://127.0.0.1:{port}", TOKENS[TEACHER_TOKEN_ENV]
+        base, token = f"http://127.0.0.1:{serve_port}", TOKENS[TEACHER_TOKEN_ENV]
         chat = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
         status, answer, _ = _call(f"{base}/v1/chat/completions", chat)
         assert status == 401 and answer["error"]["code"] == 401

@@ -8,11 +8,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ports import free_port
 
 from dsbs import storage
 from dsbs.config import ServeConfig
@@ -23,19 +21,6 @@ from dsbs.student.export import load_student
 pytestmark = pytest.mark.slow
 
 PREDICTOR = "StudentPredictor"
-
-
-@pytest.fixture(scope="module")
-def serve_port(ray_cluster: None) -> Iterator[int]:
-    """Ray Serve started on a free port for this module; shut down after it."""
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield port
-    finally:
-        serve.shutdown()
 
 
 def _config(port: int, model: Path | str, **changes: object) -> ServeConfig:
