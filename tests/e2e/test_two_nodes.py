@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
             joined = run_command([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
             assert joined.returncode == 0, joined.stderr
-            _wait_for_nodes(f"http://127.0.0.1:{dashboard}", 2)
+            _wait_for_nodes(f"http://127.0.0.1:{dashboard}", env, 2)
             yield {
                 "gcs": f"127.0.0.1:{gcs}",
                 "dashboard": f"http://127.0.0.1:{dashboard}",
@@ -59,17 +60,39 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             run_command([str(BIN / "ray"), "stop", "--force"], env, 120)
 
 
-def _wait_for_nodes(dashboard: str, count: int) -> None:
-    from ray.util.state import list_nodes
+# Ray's state API in a process of its own: this test process may have met Ray (and its
+# auth settings) in an earlier module, and the cluster's token is in `env`.
+_STATE = """
+import json, sys
+from ray.util.state import list_actors, list_nodes
+address = sys.argv[1]
+nodes = [
+    {"id": n.node_id, "head": n.is_head_node, "alive": n.state == "ALIVE"}
+    for n in list_nodes(address=address)
+]
+actors = [
+    {"class": a.class_name, "node": a.node_id}
+    for a in list_actors(address=address, limit=10_000, detail=True, raise_on_missing_output=False)
+]
+print(json.dumps({"nodes": nodes, "actors": actors}))
+"""
 
+
+def _state(dashboard: str, env: dict[str, str]) -> dict:
+    """The cluster's nodes and actors (dead ones included), from the state API."""
+    done = run_command([sys.executable, "-c", _STATE, dashboard], env, 120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _wait_for_nodes(dashboard: str, env: dict[str, str], count: int) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        try:
-            alive = sum(n.state == "ALIVE" for n in list_nodes(address=dashboard))
-        except Exception:  # the state API answers once the dashboard is up
-            alive = 0
-        if alive == count:
-            return
+        done = run_command([sys.executable, "-c", _STATE, dashboard], env, 120)
+        if done.returncode == 0:  # the state API answers once the dashboard is up
+            nodes = json.loads(done.stdout.strip().splitlines()[-1])["nodes"]
+            if sum(n["alive"] for n in nodes) == count:
+                return
         time.sleep(1)
     raise AssertionError(f"{count} Ray nodes not up")
 
@@ -77,8 +100,6 @@ def _wait_for_nodes(dashboard: str, count: int) -> None:
 def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node(
     two_nodes, s3_bucket, tmp_path
 ):
-    from ray.util.state import list_actors, list_nodes
-
     env, address = two_nodes["env"], two_nodes["gcs"]
     data = tmp_path / "synth.jsonl"
     synth = ["data", "synth", "--task", "arithmetic", "--n", "32", "--seed", "3"]
@@ -101,16 +122,13 @@ def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node
     report = json.loads(storage.read_bytes(f"{run_dir}/report/metrics.json"))
     assert report["student"]["steps"] == 20 and len(report["smoke_test"]) == 3
 
-    dashboard = two_nodes["dashboard"]
-    second = next(n.node_id for n in list_nodes(address=dashboard) if not n.is_head_node)
-    actors = list_actors(
-        address=dashboard, limit=10_000, detail=True, raise_on_missing_output=False
-    )
-    placed = {}
-    for actor in actors:
+    state = _state(two_nodes["dashboard"], env)
+    second = next(n["id"] for n in state["nodes"] if not n["head"])
+    placed: dict[str, set[str]] = {}
+    for actor in state["actors"]:
         for kind in ("RayTrainWorker", "ServeReplica:dsbs-student", "ServeReplica:dsbs-teacher"):
-            if actor.class_name.startswith(kind):
-                placed.setdefault(kind, set()).add(actor.node_id)
+            if actor["class"].startswith(kind):
+                placed.setdefault(kind, set()).add(actor["node"])
     assert placed.get("RayTrainWorker") == {second}, placed
     assert placed.get("ServeReplica:dsbs-student") == {second}, placed
     assert placed.get("ServeReplica:dsbs-teacher") == {second}, placed

@@ -2,6 +2,9 @@
 item 14): the student app (tiny export) and the OpenAI-compatible teacher (vLLM's CPU build,
 the embedded model), on a local Ray whose processes have the tokens in their environment,
 as a Kubernetes Secret puts them there.
+
+Named to run after test_generate.py: Serve handles made in this process stay bound to this
+module's cluster after ray.shutdown, and the next module's generate stage timed out on them.
 """
 
 from __future__ import annotations
