@@ -2,18 +2,18 @@
 
 Real DeepSpeed (CPU accelerator) in 2 processes over gloo, without Ray: the model is built the
 way the training loop builds it, once with ZeRO-2 and once with ZeRO-3, and each rank reports
-the parameter elements it holds and its peak RSS.
+the parameter elements it holds and its own peak RSS (VmHWM, not the inherited ru_maxrss).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 
 import pytest
 import torch.multiprocessing as mp
+from memory import peak_rss_kib
 from ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def _build(rank: int, world: int, port: int, zero: int, out: str) -> None:
         p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()
     )
     total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = peak_rss_kib()
     with open(f"{out}.{rank}", "w") as f:
         json.dump({"held": held, "total": total, "peak_kib": peak_kib}, f)
     dist.destroy_process_group()
