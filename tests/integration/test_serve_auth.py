@@ -1,7 +1,8 @@
 """Both HTTP apps behind their tokens, and the teacher's bounds, over real HTTP (issue 15,
-item 14): the student app (tiny export) and the OpenAI-compatible teacher (vLLM's CPU build,
-the embedded model), on a local Ray whose processes have the tokens in their environment,
-as a Kubernetes Secret puts them there.
+items 14 and 15): the student app (tiny export) and the OpenAI-compatible teacher (vLLM's CPU
+build, the embedded model), on a local Ray whose processes have the tokens in their
+environment, as a Kubernetes Secret puts them there. The teacher is also driven with the
+official `openai` client: n samples, streaming, finish reasons and its errors.
 
 Named to run after test_generate.py: Serve handles made in this process stay bound to this
 module's cluster after ray.shutdown, and the next module's generate stage timed out on them.
@@ -67,7 +68,9 @@ def test_the_student_app_wants_its_token(serve_port, tiny_student):
         stop_student()
 
 
-def test_the_teacher_app_wants_its_token_and_bounds_each_request(serve_port):
+@pytest.fixture(scope="module")
+def teacher_base(serve_port: int) -> Iterator[str]:
+    """The teacher's Serve app on this module's Serve; yields its base URL."""
     from ray import serve
 
     from dsbs.generate.deployment import APP_NAME, teacher_app
@@ -75,22 +78,87 @@ def test_the_teacher_app_wants_its_token_and_bounds_each_request(serve_port):
     cfg = TeacherConfig(max_model_len=1024, max_prompts_per_request=4)
     serve.run(teacher_app(cfg), name=APP_NAME, route_prefix="/")
     try:
-        base, token = f"http://127.0.0.1:{serve_port}", TOKENS[TEACHER_TOKEN_ENV]
-        chat = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
-        status, answer, _ = _call(f"{base}/v1/chat/completions", chat)
-        assert status == 401 and answer["error"]["code"] == 401
-        assert _call(f"{base}/v1/models")[0] == 401
-        assert _call(f"{base}/healthz")[0] == 200
-        status, answer, _ = _call(f"{base}/v1/chat/completions", chat, token)
-        assert status == 200 and answer["choices"][0]["message"]["content"]
-        # Each of these held the engine or queued unbounded work before; now a 400 at once.
-        too_long = {"prompt": "Q: 1 + 1?\nA:", "max_tokens": 10**7}
-        status, answer, _ = _call(f"{base}/v1/completions", too_long, token)
-        assert status == 400 and "teacher.max_model_len 1024" in answer["detail"], answer
-        many = {"prompt": ["Q: hi\nA:"] * 5, "max_tokens": 4}
-        status, answer, _ = _call(f"{base}/v1/completions", many, token)
-        assert status == 400 and "at most 4" in answer["detail"], answer
-        status, answer, _ = _call(f"{base}/v1/chat/completions", {**chat, "stream": True}, token)
-        assert status == 400 and "stream=true is not supported" in answer["detail"], answer
+        yield f"http://127.0.0.1:{serve_port}"
     finally:
         serve.delete(APP_NAME)
+
+
+def test_the_teacher_app_wants_its_token_and_bounds_each_request(teacher_base):
+    base, token = teacher_base, TOKENS[TEACHER_TOKEN_ENV]
+    chat = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+    status, answer, _ = _call(f"{base}/v1/chat/completions", chat)
+    assert status == 401 and answer["error"]["code"] == 401
+    assert _call(f"{base}/v1/models")[0] == 401
+    assert _call(f"{base}/healthz")[0] == 200
+    status, answer, _ = _call(f"{base}/v1/chat/completions", chat, token)
+    assert status == 200 and answer["choices"][0]["message"]["content"]
+    # Each of these held the engine or queued unbounded work before; now a 400 at once.
+    too_long = {"prompt": "Q: 1 + 1?\nA:", "max_tokens": 10**7}
+    status, answer, _ = _call(f"{base}/v1/completions", too_long, token)
+    assert status == 400 and "teacher.max_model_len 1024" in answer["error"]["message"], answer
+    many = {"prompt": ["Q: hi\nA:"] * 5, "max_tokens": 4}
+    status, answer, _ = _call(f"{base}/v1/completions", many, token)
+    assert status == 400 and "at most 4" in answer["error"]["message"], answer
+
+
+def test_the_official_openai_client_gets_n_samples_streams_and_reasons(teacher_base):
+    import openai
+
+    client = openai.OpenAI(
+        base_url=f"{teacher_base}/v1", api_key=TOKENS[TEACHER_TOKEN_ENV], timeout=120
+    )
+    [model] = client.models.list().data
+    sampled = {"temperature": 1.0, "seed": 7, "max_tokens": 6}
+
+    # n samples per prompt, indexed across prompts; each says why it ended.
+    answer = client.completions.create(
+        model=model.id, prompt=["Q: 2 + 2?\nA:", "Q: 3 + 3?\nA:"], n=2, **sampled
+    )
+    assert [c.index for c in answer.choices] == [0, 1, 2, 3]
+    assert {c.finish_reason for c in answer.choices} <= {"stop", "length"}
+    assert answer.usage.completion_tokens > 0
+    chat = client.chat.completions.create(
+        model=model.id, messages=[{"role": "user", "content": "Name a colour."}], n=2, **sampled
+    )
+    assert len(chat.choices) == 2 and all(c.message.content for c in chat.choices)
+    assert {c.finish_reason for c in chat.choices} <= {"stop", "length"}
+
+    # Streams: pieces as they are written, each sample's last piece with its reason, usage.
+    stream = client.completions.create(
+        model=model.id,
+        prompt="Q: 5 + 1?\nA:",
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+        **sampled,
+    )
+    texts, reasons, usage = {0: "", 1: ""}, {}, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            if c.finish_reason is not None:
+                reasons[c.index] = c.finish_reason
+    assert all(texts.values()) and set(reasons) == {0, 1}, (texts, reasons)
+    assert usage is not None and 2 <= usage.completion_tokens <= 12, usage
+    pieces = list(
+        client.chat.completions.create(
+            model=model.id,
+            messages=[{"role": "user", "content": "Count to five."}],
+            stream=True,
+            **{**sampled, "max_tokens": 8},
+        )
+    )
+    assert len(pieces) > 2  # not one piece at the end
+    assert pieces[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in pieces)
+    assert pieces[-1].choices[0].finish_reason in ("stop", "length")
+
+    # Errors the client raises, as it would against OpenAI's API.
+    with pytest.raises(openai.BadRequestError, match="max_model_len"):
+        client.completions.create(model=model.id, prompt="Q: hi\nA:", max_tokens=10**7)
+    with pytest.raises(openai.BadRequestError, match="n: Input should be less than or equal"):
+        client.completions.create(model=model.id, prompt="Q: hi\nA:", n=99)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{teacher_base}/v1", api_key="wrong").models.list()

@@ -47,3 +47,14 @@ def test_the_engine_accepts_every_setting_passed():
         model=LARGE, max_num_seqs=8, max_num_batched_tokens=4096, quantization="fp8"
     )
     assert set(engine_args(cfg)) <= known
+
+
+def test_whole_answers_come_once_and_streams_in_pieces():
+    """The default (CUMULATIVE) built every request's whole text at every engine step."""
+    from vllm.sampling_params import RequestOutputKind
+
+    from dsbs.teachers.base import Sampling
+    from dsbs.teachers.vllm import _sampling_params
+
+    assert _sampling_params(Sampling()).output_kind == RequestOutputKind.FINAL_ONLY
+    assert _sampling_params(Sampling(n=2, temperature=1.0), stream=True).output_kind == RequestOutputKind.DELTA

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -28,11 +31,13 @@ from dsbs.config import TeacherConfig, load_config
 from dsbs.precision import dtype_choice
 from dsbs.teachers.base import (
     Sampling,
+    StreamingTeacher,
     Teacher,
     TeacherError,
     TeacherReply,
     TeacherRequest,
     TeacherTimeout,
+    TextDelta,
 )
 from dsbs.teachers.vllm import replica_gpus
 
@@ -49,6 +54,14 @@ def load_teacher(cfg: TeacherConfig) -> Teacher:
     return VllmTeacher(engine_args(cfg))
 
 
+class StreamOptions(BaseModel):
+    """`stream_options`: a last chunk with the request's token usage when asked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class _OpenAIBody(BaseModel):
     # OpenAI clients send fields this server ignores (logprobs, user, ...): accept them.
     model_config = ConfigDict(extra="ignore")
@@ -61,6 +74,7 @@ class _OpenAIBody(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
     def sampling(self) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
@@ -88,19 +102,84 @@ class ChatBody(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
+def _openai_error(message: str, code: int) -> dict[str, Any]:
+    """OpenAI's error body: its clients show `error.message` in the exception they raise."""
+    return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+
+
 api = FastAPI(title="dsbs teacher", description="OpenAI-compatible teacher for dsbs")
-add_bearer_auth(
-    api,
-    TEACHER_TOKEN_ENV,
-    lambda message: {"error": {"message": message, "type": "invalid_request_error", "code": 401}},
-)
+add_bearer_auth(api, TEACHER_TOKEN_ENV, lambda message: _openai_error(message, 401))
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    return JSONResponse(_openai_error(str(err.detail), err.status_code), err.status_code)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
+    # A 400 as OpenAI's API and vLLM's server answer a bad parameter (FastAPI's own is a 422).
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in err.errors()
+    )
+    return JSONResponse(_openai_error(problems, 400), 400)
+
+
 _ids = itertools.count()
 
 
 def _usage(replies: list[TeacherReply]) -> dict[str, int]:
-    prompt = sum(r.prompt_tokens for r in replies)
-    output = sum(r.output_tokens for r in replies)
+    return _usage_of(sum(r.prompt_tokens for r in replies), sum(r.output_tokens for r in replies))
+
+
+def _usage_of(prompt: int, output: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+
+
+def _reason(reply: TeacherReply, index: int) -> str:
+    # An engine that does not say why a text ended is taken to have stopped on its own.
+    reasons = reply.finish_reasons
+    return (reasons[index] if index < len(reasons) else None) or "stop"
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event, as OpenAI's streaming responses frame them."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+async def _merged(
+    teacher: StreamingTeacher, requests: list[TeacherRequest]
+) -> AsyncIterator[tuple[int, TextDelta]]:
+    """The pieces of several requests as they come, tagged with the request's position.
+
+    Leaving the iteration (the client went away) cancels every request's stream, which
+    aborts it in the engine.
+    """
+    queue: asyncio.Queue[tuple[int, TextDelta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(position: int, request: TeacherRequest) -> None:
+        try:
+            async for delta in teacher.stream(request):
+                await queue.put((position, delta))
+        except Exception as err:  # handed to the reader, which ends the stream with it
+            await queue.put((position, err))
+        finally:
+            await queue.put((position, None))
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    try:
+        open_streams = len(tasks)
+        while open_streams:
+            position, item = await queue.get()
+            if item is None:
+                open_streams -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield position, item
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -167,8 +246,13 @@ class TeacherServer:
         queue thousands of prompts at once.
         """
         problems = []
-        if body.stream:
-            problems.append("stream=true is not supported: ask without streaming")
+        if body.stream and not isinstance(self.teacher, StreamingTeacher):
+            problems.append(
+                f"stream=true is not supported by this engine ({type(self.teacher).__name__}): "
+                "ask without streaming"
+            )
+        if body.n > 1 and body.temperature == 0:
+            problems.append(f"n={body.n} needs temperature > 0 (greedy samples are all the same)")
         if body.max_tokens > self.cfg.max_model_len:
             problems.append(
                 f"max_tokens {body.max_tokens} is over the model's context "
@@ -202,9 +286,47 @@ class TeacherServer:
         await self.teacher.check_health()
         return {"status": "ok"}
 
-    @api.post("/v1/completions")
-    async def completions(self, body: CompletionBody) -> dict[str, Any]:
-        """OpenAI text completions; a list of prompts gives n choices per prompt."""
+    def _stream(
+        self,
+        body: _OpenAIBody,
+        requests: list[TeacherRequest],
+        head: dict[str, Any],
+        choice: Callable[[int, TextDelta, bool], dict[str, Any]],
+    ) -> StreamingResponse:
+        """Server-sent events: a chunk per piece, usage last if asked, then `[DONE]`.
+
+        `choice(index, delta, first)` shapes one piece as the route's chunk choice; `index`
+        counts samples across the request's prompts, `n` per prompt, as the whole answer does.
+        """
+        n = body.n
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+        async def events() -> AsyncIterator[str]:
+            started: set[int] = set()
+            prompt_tokens: dict[int, int] = {}
+            output_tokens = 0
+            try:
+                async for position, delta in _merged(self.teacher, requests):  # type: ignore[arg-type]
+                    index = position * n + delta.index
+                    prompt_tokens[position] = delta.prompt_tokens
+                    output_tokens += delta.new_tokens
+                    first = index not in started
+                    started.add(index)
+                    yield _sse({**head, "choices": [choice(index, delta, first)]})
+            except (TeacherError, ValueError) as err:
+                # The status line went out with the first chunk: say it in the stream.
+                yield _sse({"error": {"message": str(err), "type": "invalid_request_error"}})
+                return
+            if include_usage:
+                usage = _usage_of(sum(prompt_tokens.values()), output_tokens)
+                yield _sse({**head, "choices": [], "usage": usage})
+            yield _sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @api.post("/v1/completions", response_model=None)
+    async def completions(self, body: CompletionBody) -> dict[str, Any] | StreamingResponse:
+        """OpenAI text completions; a list of prompts gives n choices per prompt, in order."""
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         self._check(body, len(prompts))
         base = f"cmpl-{next(_ids)}"
@@ -212,39 +334,67 @@ class TeacherServer:
             TeacherRequest(f"{base}-{i}", prompt=p, sampling=body.sampling())
             for i, p in enumerate(prompts)
         ]
-        replies = await self._run(requests)
-        choices = [
-            {"index": i, "text": text, "finish_reason": None, "logprobs": None}
-            for i, text in enumerate(t for reply in replies for t in reply.texts)
-        ]
-        return {
+        head = {
             "id": base,
             "object": "text_completion",
             "created": int(time.time()),
             "model": self.model_name,
-            "choices": choices,
-            "usage": _usage(replies),
         }
+        if body.stream:
+            return self._stream(
+                body,
+                requests,
+                head,
+                lambda index, delta, first: {
+                    "index": index,
+                    "text": delta.text,
+                    "finish_reason": delta.finish_reason,
+                    "logprobs": None,
+                },
+            )
+        replies = await self._run(requests)
+        choices = [
+            {
+                "index": position * body.n + j,
+                "text": text,
+                "finish_reason": _reason(reply, j),
+                "logprobs": None,
+            }
+            for position, reply in enumerate(replies)
+            for j, text in enumerate(reply.texts)
+        ]
+        return {**head, "choices": choices, "usage": _usage(replies)}
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatBody) -> dict[str, Any]:
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, body: ChatBody) -> dict[str, Any] | StreamingResponse:
         """OpenAI chat completions through the model's chat template."""
         self._check(body, 1)
         messages = tuple((m.role, m.content) for m in body.messages)
         request = TeacherRequest(f"chat-{next(_ids)}", messages=messages, sampling=body.sampling())
+        head = {"id": request.request_id, "created": int(time.time()), "model": self.model_name}
+        if body.stream:
+
+            def choice(index: int, delta: TextDelta, first: bool) -> dict[str, Any]:
+                piece = (
+                    {"role": "assistant", "content": delta.text}
+                    if first
+                    else {"content": delta.text}
+                )
+                return {"index": index, "delta": piece, "finish_reason": delta.finish_reason}
+
+            return self._stream(
+                body, [request], {**head, "object": "chat.completion.chunk"}, choice
+            )
         [reply] = await self._run([request])
         choices = [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": None}
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": _reason(reply, i),
+            }
             for i, text in enumerate(reply.texts)
         ]
-        return {
-            "id": request.request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": choices,
-            "usage": _usage([reply]),
-        }
+        return {**head, "object": "chat.completion", "choices": choices, "usage": _usage([reply])}
 
 
 def teacher_app(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +55,22 @@ class TeacherReply:
     texts: tuple[str, ...]
     prompt_tokens: int
     output_tokens: int
+    finish_reasons: tuple[str | None, ...] = ()
+    """Why each text ended ("stop", "length"), in the order of `texts`; empty where the
+    engine does not say."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of one sample while it is written (streaming)."""
+
+    index: int
+    """Which of the request's `n` samples."""
+    text: str
+    finish_reason: str | None = None
+    """Set on a sample's last piece."""
+    new_tokens: int = 0
+    prompt_tokens: int = 0
 
 
 class TeacherError(RuntimeError):
@@ -70,6 +86,15 @@ class Teacher(Protocol):
 
     async def check_health(self) -> None:
         """Raises when the engine cannot serve."""
+        ...
+
+
+@runtime_checkable
+class StreamingTeacher(Teacher, Protocol):
+    """A teacher that can also hand out its samples piece by piece as they are written."""
+
+    def stream(self, request: TeacherRequest) -> AsyncIterator[TextDelta]:
+        """The request's samples as `TextDelta`s; cancelling the iteration aborts the request."""
         ...
 
 

@@ -90,12 +90,14 @@ class OpenAITeacher:
             else:
                 texts = tuple(c["text"] for c in choices)
             usage = data.get("usage") or {}
+            reasons = tuple(c.get("finish_reason") for c in choices)
         except (KeyError, TypeError) as err:
             raise TeacherError(f"unexpected response shape from {path}: {str(data)[:300]}") from err
         return TeacherReply(
             texts=texts,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             output_tokens=int(usage.get("completion_tokens", 0)),
+            finish_reasons=reasons,
         )
 
     async def check_health(self) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dsbs.config import TeacherConfig
 from dsbs.precision import resolve_dtype
-from dsbs.teachers.base import Sampling, TeacherReply, TeacherRequest
+from dsbs.teachers.base import Sampling, TeacherReply, TeacherRequest, TextDelta
 from dsbs.teachers.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,14 @@ def replica_gpus(cfg: TeacherConfig) -> int:
     return cfg.tensor_parallel_size * cfg.pipeline_parallel_size if cfg.use_gpu else 0
 
 
-def _sampling_params(sampling: Sampling) -> Any:
+def _sampling_params(sampling: Sampling, *, stream: bool = False) -> Any:
+    """The engine's sampling parameters: whole answers once at the end, streams in pieces.
+
+    FINAL_ONLY, as `vllm.LLM.generate` asks: the default (CUMULATIVE) builds and hands over
+    every request's whole text so far at every engine step, work that nobody reads here.
+    """
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
         n=sampling.n,
@@ -66,6 +73,7 @@ def _sampling_params(sampling: Sampling) -> Any:
         max_tokens=sampling.max_tokens,
         stop=list(sampling.stop),
         seed=sampling.seed,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
     )
 
 
@@ -113,7 +121,23 @@ class VllmTeacher:
             texts=tuple(c.text for c in completions),
             prompt_tokens=len(final.prompt_token_ids or ()),
             output_tokens=sum(len(c.token_ids) for c in completions),
+            finish_reasons=tuple(c.finish_reason for c in completions),
         )
+
+    async def stream(self, request: TeacherRequest) -> AsyncIterator[TextDelta]:
+        """The samples as they are written (vLLM's DELTA outputs), each tagged with its index.
+
+        Cancelling the iteration aborts the request in the engine, as for `complete`.
+        """
+        prompt = await self._prompt_text(request)
+        params = _sampling_params(request.sampling, stream=True)
+        async for output in self.engine.generate(prompt, params, request.request_id):
+            prompt_tokens = len(output.prompt_token_ids or ())
+            for c in output.outputs:
+                if c.text or c.token_ids or c.finish_reason:
+                    yield TextDelta(
+                        c.index, c.text, c.finish_reason, len(c.token_ids), prompt_tokens
+                    )
 
     async def check_health(self) -> None:
         """Raises when the engine's core process is dead."""
