@@ -127,6 +127,11 @@ class TeacherConfig(_Section):
     """Most teacher replicas Ray Serve starts under load."""
     target_ongoing_requests: int = Field(32, ge=1)
     """Requests per replica the autoscaler aims for; vLLM batches them continuously."""
+    upscale_delay_s: float = Field(30.0, ge=0.0)
+    """Seconds the load must stay above target before Serve adds a teacher replica."""
+    downscale_delay_s: float = Field(600.0, ge=0.0)
+    """Seconds the load must stay below target before Serve removes one (a replica is
+    expensive to start again: the model loads anew)."""
     max_ongoing_requests: int = Field(128, ge=1)
     """Requests one replica holds at once (vLLM batches them); more wait at the caller."""
     num_cpus: float = Field(1.0, gt=0.0)
@@ -152,10 +157,13 @@ class GenerateConfig(_Section):
     """Teacher samples per input; above 1, the label is a majority vote (self-consistency)."""
     require_gold_match: bool = False
     """Where a gold label exists, keep only rationales whose teacher label matches it."""
-    max_in_flight: int = Field(64, ge=1)
-    """Most teacher requests outstanding at once, across the whole pipeline. The caller
-    starts at 8 and adapts to the teacher's latency below this bound, so a slow teacher
-    slows the stage instead of timing requests out (`dsbs.teachers.client`)."""
+    max_in_flight: int | None = Field(None, ge=1)
+    """Most teacher requests outstanding at once, across the whole pipeline. None: the load
+    at which Ray Serve runs every teacher replica (teacher.max_replicas x
+    teacher.target_ongoing_requests), or 64 for an `openai` endpoint; set lower, the teacher
+    never scales past max_in_flight / target_ongoing_requests replicas (the stage warns).
+    The callers start at 8 and adapt to the teacher's latency below this bound, so a slow
+    teacher slows the stage instead of timing requests out (`dsbs.teachers.client`)."""
     shard_rows: int = Field(256, ge=1)
     """Rows per output parquet shard (the unit of atomic writes and of resume)."""
     max_error_fraction: float = Field(0.05, ge=0.0, le=1.0)

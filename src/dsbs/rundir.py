@@ -4,6 +4,7 @@ RUN/generate/manifest.json         which output is current (config hash)
 RUN/generate/<hash>/inputs/         the normalised input records, with ids
 RUN/generate/<hash>/data/           rationale records (parquet shards)
 RUN/generate/<hash>/quarantine/     rows that did not make it, with the reason
+RUN/generate/<hash>/done/           each finished input shard's counts (written last)
 RUN/generate/<hash>/stats.json      counts, parse rate, tokens, throughput
 RUN/generate/<hash>/manifest.json   counts and the config hash, written last
 RUN/train/manifest.json            which training output is current (config hash)

@@ -252,6 +252,15 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
+def delete(uri: str) -> None:
+    """Removes a file (or object); one that is not there is fine."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
 def upload_file(local: str, uri: str) -> None:
     """Copies a local file to `uri` without reading it into memory (checkpoint shards are GBs).
 

@@ -172,3 +172,23 @@ def test_with_retries_backs_off_then_gives_up(monkeypatch):
 
     with pytest.raises(TeacherError, match="gave up after 3 attempts"):
         asyncio.run(with_retries(always, max_retries=2, what="t"))
+
+
+def test_the_offered_load_reaches_the_teachers_largest_size(caplog):
+    """One caller with 64 in flight never got Serve past 2 replicas at a target of 32."""
+    from dsbs.generate.pipeline import CALLER_IN_FLIGHT, offered_load
+
+    def load(*overrides: str):
+        cfg = load_config(None, list(overrides))
+        return offered_load(cfg.teacher, cfg.generate)
+
+    assert load().in_flight == 32  # 1 replica x 32
+    big = load("teacher.max_replicas=20", "teacher.target_ongoing_requests=32")
+    assert big.in_flight == 640 and big.callers == 3 and big.per_caller <= CALLER_IN_FLIGHT
+    assert load("teacher.engine=openai", "teacher.base_url=http://t/v1").in_flight == 64
+    assert not caplog.records
+    capped = load("teacher.max_replicas=4", "generate.max_in_flight=64")
+    assert (capped.in_flight, capped.callers) == (64, 1)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "generate.max_in_flight=64" in warning and "teacher.max_replicas=4" in warning
+    assert "about 2 replica(s)" in warning and "to 128" in warning

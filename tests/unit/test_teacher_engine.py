@@ -57,4 +57,7 @@ def test_whole_answers_come_once_and_streams_in_pieces():
     from dsbs.teachers.vllm import _sampling_params
 
     assert _sampling_params(Sampling()).output_kind == RequestOutputKind.FINAL_ONLY
-    assert _sampling_params(Sampling(n=2, temperature=1.0), stream=True).output_kind == RequestOutputKind.DELTA
+    assert (
+        _sampling_params(Sampling(n=2, temperature=1.0), stream=True).output_kind
+        == RequestOutputKind.DELTA
+    )

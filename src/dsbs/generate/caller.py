@@ -47,6 +47,7 @@ UNANSWERED_AFTER = 2.0
 OUTPUT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("shard", pa.int64()),
         ("task", pa.string()),
         ("input", pa.string()),
         ("label", pa.string()),
@@ -209,7 +210,7 @@ class TeacherCaller:
             error = str(err)[:1000]
         self.answered += 1
         return {
-            **{name: row.get(name) for name in ("id", "task", "input", "label", "meta")},
+            **{name: row.get(name) for name in ("id", "shard", "task", "input", "label", "meta")},
             "texts": texts,
             "prompt_tokens": prompt_tokens,
             "output_tokens": output_tokens,

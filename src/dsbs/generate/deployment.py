@@ -407,6 +407,8 @@ def teacher_app(
             "initial_replicas": max(1, cfg.min_replicas),
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
         },
         max_ongoing_requests=cfg.max_ongoing_requests,
         ray_actor_options={

@@ -37,6 +37,8 @@ class Inputs:
     """Rows quarantined as bad input."""
     duplicates: int
     """Rows whose id repeated an earlier one (kept, suffixed)."""
+    counts: list[int]
+    """Rows in each shard, in the order of `files`."""
 
 
 def quarantine_row(row_id: str, reason: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -102,13 +104,20 @@ def prepare_inputs(task: Task, source: str, out_dir: str, shard_rows: int) -> In
     manifest_path = storage.join(out_dir, "inputs", "manifest.json")
     manifest = read_json(manifest_path)
     if manifest is not None and manifest.get("source") == source:
-        return Inputs(manifest["files"], manifest["rows"], manifest["bad"], manifest["duplicates"])
-    ids, files, rows = IdAssigner(), [], 0
+        return Inputs(
+            manifest["files"],
+            manifest["rows"],
+            manifest["bad"],
+            manifest["duplicates"],
+            manifest["counts"],
+        )
+    ids, files, rows, counts = IdAssigner(), [], 0, []
     bad: list[dict[str, Any]] = []
     for index, chunk in enumerate(_chunks(task, source, shard_rows, ids, bad)):
         file = storage.join(out_dir, "inputs", f"part-{index:05d}.parquet")
         write_records(file, chunk)
         files.append(file)
+        counts.append(len(chunk))
         rows += len(chunk)
     storage.write_rows(storage.join(out_dir, "quarantine", "inputs.jsonl"), bad, "jsonl")
     # The manifest goes last: without it, a rerun redoes this phase from the start.
@@ -120,6 +129,7 @@ def prepare_inputs(task: Task, source: str, out_dir: str, shard_rows: int) -> In
             "rows": rows,
             "bad": len(bad),
             "duplicates": ids.duplicates,
+            "counts": counts,
         },
     )
     log.info(
@@ -129,4 +139,4 @@ def prepare_inputs(task: Task, source: str, out_dir: str, shard_rows: int) -> In
         ids.duplicates,
         len(files),
     )
-    return Inputs(files, rows, len(bad), ids.duplicates)
+    return Inputs(files, rows, len(bad), ids.duplicates, counts)

@@ -1,19 +1,20 @@
 """Stage 1: rationale generation, streaming inputs through the teacher with Ray Data.
 
     inputs (records or raw task rows; jsonl/parquet/csv/HF; local or s3://)
-      -> [driver] input records with unique ids, bad rows quarantined   (inputs.py)
-      -> [Ray Data] read shards -> skip ids already done -> TeacherCaller (Serve handle or
-         OpenAI URL, in flight adapted to the teacher's latency)          (caller.py)
-      -> [driver] a bar per answered row, overload warnings               (progress.py)
-      -> [driver] vote / parse / filter -> atomic parquet shards        (finalize.py)
+      -> [driver] input records with unique ids in shards, bad rows quarantined  (inputs.py)
+      -> [driver] which shards to send: not done, or teacher errors to retry     (shards.py)
+      -> [Ray Data] read those shards -> TeacherCaller actors (Serve handle or OpenAI URL,
+         in flight adapted to the teacher's latency, sized to its replica range) (caller.py)
+      -> [driver] a bar per answered row, overload warnings                      (progress.py)
+      -> [driver] vote / parse / filter -> each input shard written whole        (finalize.py)
 
-Exactly once: the driver is the only writer; every shard is written atomically and holds
-whole rows; on a rerun the ids in existing data and quarantine shards are skipped before
-any teacher call - except rows quarantined as teacher errors: an outage is not the row's
-fault, so a rerun takes them out of the quarantine and asks the teacher again. The output
-folder is named by a hash of everything that changes what the teacher writes (task, source,
-teacher, sampling, prompt), so a changed prompt or teacher starts a new output instead of
-mixing into the old one.
+Exactly once: the driver is the only writer; an input shard's outcomes are written
+atomically once all its rows are back, its counts last (shards.py), so a rerun skips the
+done shards before any teacher call - except rows quarantined as teacher errors: an outage
+is not the row's fault, so a rerun asks the teacher again for those. The output folder is
+named by a hash of everything that changes what the teacher writes (task, source, teacher,
+sampling, prompt), so a changed prompt or teacher starts a new output instead of mixing
+into the old one.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import io
 import json
 import logging
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -37,6 +38,7 @@ from dsbs import storage
 from dsbs.cluster import ensure_ray
 from dsbs.config import DataConfig, GenerateConfig, TeacherConfig
 from dsbs.generate.finalize import (
+    BAD_ROW,
     ERROR_REASONS,
     GOLD_MISMATCH,
     TEACHER_ERROR,
@@ -45,7 +47,14 @@ from dsbs.generate.finalize import (
 )
 from dsbs.generate.inputs import Inputs, prepare_inputs, quarantine_row
 from dsbs.generate.progress import ProgressBoard, ProgressWatch
-from dsbs.records import Record, write_records
+from dsbs.generate.shards import (
+    ShardCounts,
+    ShardWork,
+    ShardWriter,
+    plan_resume,
+    read_counts,
+)
+from dsbs.records import Record
 from dsbs.rundir import generate_dir, generate_root, write_json
 from dsbs.tasks import Task, get_task
 from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
@@ -56,7 +65,55 @@ log = logging.getLogger(__name__)
 ASYNC_BATCHES_PER_TASK = 4
 """Ray Data's default for concurrent batches of an async UDF within one task."""
 
-SCHEMA_VERSION = 1
+OPENAI_IN_FLIGHT = 64
+"""Requests in flight to an `openai` endpoint when generate.max_in_flight is unset."""
+
+CALLER_IN_FLIGHT = 256
+"""Most requests one caller actor keeps in flight; a larger load gets more callers."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """The load the stage offers the teacher: requests in flight, split over caller actors."""
+
+    in_flight: int
+    callers: int
+
+    @property
+    def per_caller(self) -> int:
+        """Each caller's bound (its `InFlightLimit` maximum)."""
+        return math.ceil(self.in_flight / self.callers)
+
+
+def offered_load(teacher: TeacherConfig, generate: GenerateConfig) -> Load:
+    """Requests in flight and callers: enough for Serve to run teacher.max_replicas.
+
+    Serve's autoscaler sizes the teacher at ongoing requests / target_ongoing_requests, so
+    the stage must keep max_replicas x target_ongoing_requests requests in flight to reach
+    max_replicas (one caller with 64 never got past 2 replicas at the default target of 32).
+    A smaller explicit generate.max_in_flight is kept, with a warning naming both keys.
+    """
+    if teacher.engine == "openai":
+        in_flight = generate.max_in_flight or OPENAI_IN_FLIGHT
+    else:
+        reach = teacher.max_replicas * teacher.target_ongoing_requests
+        in_flight = generate.max_in_flight or reach
+        if in_flight < reach:
+            log.warning(
+                "generate.max_in_flight=%d keeps too few requests in flight for "
+                "teacher.max_replicas=%d: Serve scales to about %d replica(s) at "
+                "teacher.target_ongoing_requests=%d; set generate.max_in_flight to %d or "
+                "leave it unset",
+                in_flight,
+                teacher.max_replicas,
+                max(1, math.ceil(in_flight / teacher.target_ongoing_requests)),
+                teacher.target_ongoing_requests,
+                reach,
+            )
+    return Load(in_flight, math.ceil(in_flight / CALLER_IN_FLIGHT))
+
+
+SCHEMA_VERSION = 2
 """Bumped when the output format changes, so old outputs are not resumed into."""
 
 
@@ -140,89 +197,6 @@ def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConf
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _done_ids(out_dir: str, quarantined: list[dict[str, Any]]) -> set[str]:
-    """Ids already in this output's data shards or among its quarantined rows."""
-    done: set[str] = set()
-    data = storage.join(out_dir, "data")
-    for file in storage.list_files(data):
-        if file.endswith(".parquet"):
-            done.update(
-                pq.read_table(io.BytesIO(storage.read_bytes(file)), columns=["id"])
-                .column("id")
-                .to_pylist()
-            )
-    done.update(row["id"] for row in quarantined)
-    return done
-
-
-def _quarantine_rows(out_dir: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for file in storage.list_files(storage.join(out_dir, "quarantine")):
-        if file.endswith(".jsonl"):
-            rows.extend(r.data for r in storage.iter_rows(file) if r.data is not None)
-    return rows
-
-
-def _final_quarantine(out_dir: str) -> tuple[list[dict[str, Any]], int]:
-    """The quarantined rows that stay quarantined, and how many teacher errors go back.
-
-    Teacher errors of earlier runs (an outage, a replica that kept dying) are rewritten out
-    of their shards, so this run retries those rows; bad input and unparseable answers are
-    final. Until a retried row is answered it is in neither data nor quarantine, so a crash
-    in between loses nothing: the next run retries it again.
-    """
-    rows: list[dict[str, Any]] = []
-    retried = 0
-    for file in storage.list_files(storage.join(out_dir, "quarantine")):
-        if not file.endswith(".jsonl"):
-            continue
-        shard = [r.data for r in storage.iter_rows(file) if r.data is not None]
-        final = [row for row in shard if row["reason"] != TEACHER_ERROR]
-        if len(final) < len(shard):
-            storage.write_rows(file, final, "jsonl")
-            retried += len(shard) - len(final)
-        rows.extend(final)
-    return rows, retried
-
-
-class _Writer:
-    """Buffers outcomes and writes them as numbered, atomic shards (data, then quarantine)."""
-
-    def __init__(self, out_dir: str, shard_rows: int) -> None:
-        self.out_dir = out_dir
-        self.shard_rows = shard_rows
-        existing = storage.list_files(storage.join(out_dir, "data"))
-        existing += storage.list_files(storage.join(out_dir, "quarantine"))
-        names = [f.replace("\\", "/").rsplit("/", 1)[-1] for f in existing]
-        numbers = [
-            int(n.split(".")[0].removeprefix("part-")) for n in names if n.startswith("part-")
-        ]
-        self.next_shard = max(numbers, default=-1) + 1
-        self.records: list[Record] = []
-        self.quarantine: list[dict[str, Any]] = []
-
-    def add(self, record: Record | None, bad: dict[str, Any] | None) -> None:
-        if record is not None:
-            self.records.append(record)
-        if bad is not None:
-            self.quarantine.append(bad)
-        if len(self.records) + len(self.quarantine) >= self.shard_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.records and not self.quarantine:
-            return
-        name = f"part-{self.next_shard:05d}"
-        if self.records:
-            write_records(storage.join(self.out_dir, "data", f"{name}.parquet"), self.records)
-        if self.quarantine:
-            storage.write_rows(
-                storage.join(self.out_dir, "quarantine", f"{name}.jsonl"), self.quarantine, "jsonl"
-            )
-        self.next_shard += 1
-        self.records, self.quarantine = [], []
-
-
 def _check_budget(errors: int, total: int, max_fraction: float, out_dir: str) -> None:
     if total and errors > max_fraction * total:
         raise GenerationError(
@@ -296,53 +270,67 @@ def _unplaced_reason(teacher: TeacherConfig) -> str:
     )
 
 
-def _read_not_done(batch: Any, done: frozenset[str]) -> Any:
-    """Ray Data UDF: input shard paths -> the input records not done yet (arrow)."""
+def _read_shard(batch: Any) -> Any:
+    """Ray Data UDF: input shards to send -> their rows (arrow), tagged with the shard."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(str(f)))) for f in batch["file"]]
-    table = pa.concat_tables(tables)
-    done_ids = pa.array(sorted(done), type=pa.string())
-    return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done_ids)))
+    tables = []
+    for item in batch.to_pylist():
+        table = pq.read_table(io.BytesIO(storage.read_bytes(item["file"])))
+        if item["only"] is not None:  # a done shard's teacher errors, sent again
+            wanted = pa.array(item["only"], pa.string())
+            table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
+        shard = pa.array([item["shard"]] * len(table), pa.int64())
+        tables.append(table.append_column("shard", shard))
+    return pa.concat_tables(tables)
 
 
 def _stream(
-    teacher: TeacherConfig, generate: GenerateConfig, inputs: Inputs, done: set[str], board: Any
+    teacher: TeacherConfig, generate: GenerateConfig, work: list[ShardWork], board: Any
 ) -> Any:
-    """The Ray Data pipeline: input shards -> not yet done -> teacher texts (lazy)."""
+    """The Ray Data pipeline: input shards to send -> their rows -> teacher texts (lazy)."""
     import ray.data
 
     from dsbs.generate.caller import TeacherCaller
     from dsbs.generate.deployment import APP_NAME
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows one bar
+    load = offered_load(teacher, generate)
+    log.info(
+        "offering the teacher up to %d requests in flight through %d caller(s)",
+        load.in_flight,
+        load.callers,
+    )
     # Ray Data runs up to 4 batches of one block at once on an async actor, so a batch of a
-    # quarter of max_in_flight lets even a single input shard fill the teacher; more shards
-    # run side by side on the actor (its InFlightLimit keeps the total at most max_in_flight).
-    batch_size = max(1, math.ceil(generate.max_in_flight / ASYNC_BATCHES_PER_TASK))
-    calls = math.ceil(generate.max_in_flight / batch_size) + 1
+    # quarter of a caller's bound lets even a single input shard fill it; more shards run
+    # side by side on the actor (its InFlightLimit keeps its total at most per_caller).
+    batch_size = max(1, math.ceil(load.per_caller / ASYNC_BATCHES_PER_TASK))
+    calls = math.ceil(load.per_caller / batch_size) + 1
     # The shard list goes in as items and each task reads its shard through dsbs.storage:
     # Ray's file readers plan a listing task that needs a whole CPU, which a small cluster
     # busy with the teacher may not have free. Reading is light, so a tenth of a CPU will do.
     return (
         ray.data.from_items(
-            [{"file": f} for f in inputs.files], override_num_blocks=len(inputs.files)
+            [{"file": w.file, "shard": w.index, "only": w.only} for w in work],
+            override_num_blocks=len(work),
         )
-        .map_batches(partial(_read_not_done, done=frozenset(done)), batch_size=1, num_cpus=0.1)
+        .map_batches(_read_shard, batch_size=1, batch_format="pyarrow", num_cpus=0.1)
         .map_batches(
             TeacherCaller,
             fn_constructor_kwargs={
                 "cfg": teacher,
                 "num_samples": generate.num_samples,
-                "max_in_flight": generate.max_in_flight,
+                "max_in_flight": load.per_caller,
                 "app_name": APP_NAME,
                 "board": board,
             },
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(
-                size=1, max_tasks_in_flight_per_actor=calls, max_concurrent_calls_per_actor=calls
+                size=load.callers,
+                max_tasks_in_flight_per_actor=calls,
+                max_concurrent_calls_per_actor=calls,
             ),
             num_cpus=0.1,  # network-bound; leave the cores to the teacher
         )
@@ -411,18 +399,16 @@ def generate_rationales(
     )
     inputs = prepare_inputs(task, data.source, out_dir, generate.shard_rows)
     total = inputs.rows + inputs.bad
-    quarantined, retried = _final_quarantine(out_dir)
-    if retried:
-        log.info("retrying %d rows that failed at the teacher in an earlier run", retried)
-    done = _done_ids(out_dir, quarantined)  # bad input rows included: they are quarantined
+    plan = plan_resume(out_dir, inputs, task)
+    if plan.retried:
+        log.info("retrying %d rows that failed at the teacher in an earlier run", plan.retried)
     # The budget counts bad input rows (final) and this run's teacher errors, so an earlier
     # outage does not fail every rerun before its first call.
-    errors = sum(1 for r in quarantined if r["reason"] in ERROR_REASONS)
+    errors = inputs.bad
     _check_budget(errors, total, generate.max_error_fraction, out_dir)
-    skipped = len(done) - inputs.bad
-    todo = inputs.rows - skipped
+    todo = inputs.rows - plan.skipped
     calls, output_tokens, retries = 0, 0, 0
-    latencies: list[float] = []
+    latencies = LatencySample()
     load: dict[str, Any] = {"timeouts": 0, "limit": 0}
     if todo > 0:
         ensure_ray(ray_address)
@@ -430,7 +416,8 @@ def generate_rationales(
             _deploy_teacher(teacher, teacher_loader)
         import ray
 
-        writer = _Writer(out_dir, generate.shard_rows)
+        rows_of = {w.index: inputs.counts[w.index] for w in plan.work}
+        writer = ShardWriter(out_dir, task, plan.work, rows_of)
         streaming_since = time.monotonic()
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
         try:
@@ -438,24 +425,22 @@ def generate_rationales(
                 tqdm(total=todo, desc="generate", unit="row") as bar,
                 ProgressWatch(board, bar, teacher.request_timeout_s) as watch,
             ):
-                for batch in _stream(teacher, generate, inputs, done, board).iter_batches(
+                for batch in _stream(teacher, generate, plan.work, board).iter_batches(
                     batch_size=None, batch_format="pyarrow"
                 ):
                     for row in batch.to_pylist():
-                        if row["id"] in done:  # a retried Ray Data task may repeat rows
-                            continue
-                        done.add(row["id"])
+                        record, bad = _outcome_for(task, row, generate.require_gold_match)
+                        if not writer.add(row["shard"], row["id"], record, bad):
+                            continue  # a retried Ray Data task repeated the row
                         calls += 1
                         output_tokens += row["output_tokens"] or 0
                         retries += row["attempts"] - 1
-                        latencies.append(row["latency_s"])
-                        record, bad = _outcome_for(task, row, generate.require_gold_match)
+                        latencies.add(row["latency_s"])
                         errors += bad is not None and bad["reason"] in ERROR_REASONS
-                        writer.add(record, bad)
                     _check_budget(errors, total, generate.max_error_fraction, out_dir)
             load = watch.last
         finally:
-            writer.flush()
+            writer.close()
             if teacher.engine == "vllm" and not teacher.keep_running:
                 from ray import serve
 
@@ -466,7 +451,13 @@ def generate_rationales(
     # Throughput counts the streaming phase only: engine start-up is reported separately.
     streaming = time.monotonic() - streaming_since if todo > 0 else 0.0
     this_run = RunCounts(
-        calls, skipped, retries, load["timeouts"], load["limit"], output_tokens, latencies
+        calls,
+        plan.skipped,
+        retries,
+        load["timeouts"],
+        load["limit"],
+        output_tokens,
+        latencies.values,
     )
     summary = _write_stats(task, out_dir, inputs, this_run, wall, streaming)
     write_json(
@@ -488,35 +479,49 @@ class RunCounts:
     in_flight: int
     output_tokens: int
     latencies: list[float]
-    """Seconds from each input's first attempt to its answer, retries included."""
+    """Seconds from an input's first attempt to its answer, retries included: a uniform
+    sample of at most LatencySample.SIZE inputs."""
+
+
+class LatencySample:
+    """A uniform sample of a run's latencies (reservoir sampling).
+
+    Its percentiles stand for the run's, in memory that does not grow with the run.
+    """
+
+    SIZE = 10_000
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.seen = 0
+        self._rng = random.Random(0)  # noqa: S311 - sampling, not security
+
+    def add(self, value: float) -> None:
+        """Counts one latency; keeps it with probability SIZE / seen."""
+        self.seen += 1
+        if len(self.values) < self.SIZE:
+            self.values.append(value)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.SIZE:
+            self.values[slot] = value
 
 
 def _write_stats(
     task: Task, out_dir: str, inputs: Inputs, run: RunCounts, wall: float, streaming: float
 ) -> GenerateSummary:
-    """Counts over the whole output (every run of this config), throughput for this run."""
-    written = correct = with_gold = prompt_total = output_total = 0
-    for file in storage.list_files(storage.join(out_dir, "data")):
-        if not file.endswith(".parquet"):
-            continue
-        table = pq.read_table(
-            io.BytesIO(storage.read_bytes(file)), columns=["label", "teacher_label", "meta"]
-        )
-        for row in table.to_pylist():
-            written += 1
-            tokens = json.loads(row["meta"] or "{}").get("teacher_tokens", {})
-            prompt_total += tokens.get("prompt_tokens", 0)
-            output_total += tokens.get("output_tokens", 0)
-            if row["label"] is not None:
-                with_gold += 1
-                correct += task.is_correct(row["teacher_label"], row["label"])
-    quarantine = _quarantine_rows(out_dir)
-    by_reason = Counter(r["reason"] for r in quarantine)
-    for r in quarantine:
-        prompt_total += r.get("prompt_tokens", 0) or 0
-        output_total += r.get("output_tokens", 0) or 0
-    # Gold mismatches were parsed and wrong; they count in agreement, as in the paper's filter.
-    with_gold += by_reason[GOLD_MISMATCH]
+    """Counts over the whole output (every run of this config), throughput for this run.
+
+    Summed from the shards' counts: no row is read again.
+    """
+    whole = ShardCounts(0)
+    for counts in read_counts(out_dir).values():
+        whole.add(counts)
+    by_reason = Counter(whole.quarantined)
+    if inputs.bad:
+        by_reason[BAD_ROW] += inputs.bad
+    written, correct, with_gold = whole.written, whole.correct, whole.with_gold
+    prompt_total, output_total = whole.prompt_tokens, whole.output_tokens
     answered = written + by_reason[UNPARSEABLE] + by_reason[GOLD_MISMATCH]
     summary = GenerateSummary(
         output=storage.join(out_dir, "data"),
