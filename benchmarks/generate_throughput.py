@@ -66,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--max-in-flight", type=int, default=128, help="pipeline in flight")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=None, help="pipeline in flight (default: the stage's)"
+    )
     args = parser.parse_args()
 
     from dsbs.config import load_config
@@ -92,9 +94,9 @@ def main() -> None:
             f"data.source={rows_file}",
             f"pipeline.run_dir={work / 'run'}",
             f"teacher.max_tokens={args.max_tokens}",
-            f"generate.max_in_flight={args.max_in_flight}",
             "generate.shard_rows=32",
-        ],
+        ]
+        + ([] if args.max_in_flight is None else [f"generate.max_in_flight={args.max_in_flight}"]),
     )
     summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir)
     stats_file = next((work / "run" / "generate").glob("*/stats.json"))

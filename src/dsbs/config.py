@@ -90,9 +90,10 @@ class TeacherConfig(_Section):
     """Run without CUDA graphs. None: eager on CPU (there are none), graphs on GPUs, where
     they are a large part of decode speed for big models (at some start-up time)."""
     max_num_seqs: int | None = Field(None, ge=1)
-    """Most sequences vLLM batches at once (None: vLLM's default)."""
+    """Most sequences vLLM batches at once (None: vLLM's offline batch default, as for
+    `vllm.LLM`: 256 on CPU, more on large GPUs)."""
     max_num_batched_tokens: int | None = Field(None, ge=1)
-    """Most tokens per engine step, prefill included (None: vLLM's default)."""
+    """Most tokens per engine step, prefill included (None: vLLM's offline batch default)."""
     quantization: str | None = None
     """vLLM's weight quantization method (`fp8`, `awq`, `gptq`, ...; None: as the model is)."""
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
@@ -132,8 +133,9 @@ class TeacherConfig(_Section):
     downscale_delay_s: float = Field(600.0, ge=0.0)
     """Seconds the load must stay below target before Serve removes one (a replica is
     expensive to start again: the model loads anew)."""
-    max_ongoing_requests: int = Field(128, ge=1)
-    """Requests one replica holds at once (vLLM batches them); more wait at the caller."""
+    max_ongoing_requests: int = Field(256, ge=1)
+    """Requests one replica holds at once (vLLM batches them; 256 is vLLM's batch default on
+    CPU); more wait at the caller. At least target_ongoing_requests."""
     num_cpus: float = Field(1.0, gt=0.0)
     """CPUs reserved per teacher replica."""
     use_gpu: bool = False
@@ -158,10 +160,12 @@ class GenerateConfig(_Section):
     require_gold_match: bool = False
     """Where a gold label exists, keep only rationales whose teacher label matches it."""
     max_in_flight: int | None = Field(None, ge=1)
-    """Most teacher requests outstanding at once, across the whole pipeline. None: the load
-    at which Ray Serve runs every teacher replica (teacher.max_replicas x
-    teacher.target_ongoing_requests), or 64 for an `openai` endpoint; set lower, the teacher
-    never scales past max_in_flight / target_ongoing_requests replicas (the stage warns).
+    """Most teacher requests outstanding at once, across the whole pipeline. None: as many as
+    every replica Serve may run accepts (teacher.max_replicas x
+    teacher.max_ongoing_requests), which is past the load at which Serve scales to
+    max_replicas (max_replicas x target_ongoing_requests); 64 for an `openai` endpoint. Set
+    below max_replicas x target_ongoing_requests, the teacher never scales past
+    max_in_flight / target_ongoing_requests replicas (the stage warns, naming both keys).
     The callers start at 8 and adapt to the teacher's latency below this bound, so a slow
     teacher slows the stage instead of timing requests out (`dsbs.teachers.client`)."""
     shard_rows: int = Field(256, ge=1)
@@ -383,6 +387,12 @@ class Config(_Section):
             raise ValueError("train.offload_param: parameter offload needs train.zero_stage=3")
         if self.teacher.min_replicas > self.teacher.max_replicas:
             raise ValueError("teacher.min_replicas: must not exceed teacher.max_replicas")
+        if self.teacher.max_ongoing_requests < self.teacher.target_ongoing_requests:
+            raise ValueError(
+                "teacher.max_ongoing_requests: must be at least teacher.target_ongoing_requests "
+                "(a replica that accepts fewer requests than the autoscaler's target never "
+                "reaches it, so Serve never adds a replica)"
+            )
         if self.serve.min_replicas > self.serve.max_replicas:
             raise ValueError("serve.min_replicas: must not exceed serve.max_replicas")
         if self.generate.num_samples > 1 and self.teacher.temperature == 0:

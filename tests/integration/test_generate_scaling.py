@@ -84,7 +84,8 @@ def test_the_serve_controller_scales_the_teacher_to_max_replicas_during_a_run(
     finally:
         stop.set()
         watcher.join(10)
-    assert "up to 8 requests in flight through 1 caller(s)" in caplog.text
+    # What 2 replicas accept (2 x max_ongoing_requests 256), one caller per 256.
+    assert "up to 512 requests in flight through 2 caller(s)" in caplog.text
     assert not [r for r in caplog.records if "keeps too few requests" in r.getMessage()]
     # The controller scaled to max_replicas, never past it. Whether the second replica also
     # answers before the last row depends on its start-up (a vLLM engine loading on the two

@@ -182,8 +182,8 @@ def test_the_offered_load_reaches_the_teachers_largest_size(caplog):
         cfg = load_config(None, list(overrides))
         return offered_load(cfg.teacher, cfg.generate)
 
-    assert load().in_flight == 32  # 1 replica x 32
-    big = load("teacher.max_replicas=20", "teacher.target_ongoing_requests=32")
+    assert load().in_flight == 256  # what 1 replica accepts (max_ongoing_requests)
+    big = load("teacher.max_replicas=20", "teacher.max_ongoing_requests=32")
     assert big.in_flight == 640 and big.callers == 3 and big.per_caller <= CALLER_IN_FLIGHT
     assert load("teacher.engine=openai", "teacher.base_url=http://t/v1").in_flight == 64
     assert not caplog.records

@@ -38,31 +38,38 @@ async def _answer(limit: InFlightLimit, clock: Clock, latency_s: float) -> None:
         clock.now += latency_s
 
 
-def test_slow_start_doubles_per_round_trip_while_answers_are_quick():
-    async def run():
-        clock = Clock()
-        limit = InFlightLimit(maximum=64, timeout_s=100, initial=4, clock=clock)
-        gates = [asyncio.Event() for _ in range(40)]
+async def _slow_start(latency_s: float, round_trips: int) -> list[int]:
+    """In flight at the start and after each round trip, every answer taking `latency_s`."""
+    clock = Clock()
+    limit = InFlightLimit(maximum=256, timeout_s=100, initial=4, clock=clock)
+    gates = [asyncio.Event() for _ in range(200)]
 
-        async def attempt(gate: asyncio.Event) -> None:
-            async with limit.slot():
-                await gate.wait()
+    async def attempt(gate: asyncio.Event) -> None:
+        async with limit.slot():
+            await gate.wait()
 
-        tasks = [asyncio.create_task(attempt(gate)) for gate in gates]
-        await asyncio.sleep(0.01)
-        counts = [limit.in_flight]
-        clock.now += 1.0  # quick: well under a quarter of the timeout
-        for round_trip in (gates[0:4], gates[4:12]):  # the 4 first attempts, then the next 8
-            for gate in round_trip:
-                gate.set()
-                await asyncio.sleep(0.01)
-            counts.append(limit.in_flight)
-        for gate in gates:
+    tasks = [asyncio.create_task(attempt(gate)) for gate in gates]
+    await asyncio.sleep(0.01)
+    counts = [limit.in_flight]
+    answered = 0
+    for _ in range(round_trips):  # a round trip answers what was in flight at its start
+        clock.now += latency_s
+        for gate in gates[answered : answered + counts[-1]]:
             gate.set()
-        await asyncio.gather(*tasks)
-        return counts
+            await asyncio.sleep(0.001)
+        answered += counts[-1]
+        counts.append(limit.in_flight)
+    for gate in gates:
+        gate.set()
+    await asyncio.gather(*tasks)
+    return counts
 
-    assert asyncio.run(run()) == [4, 8, 16]
+
+def test_slow_start_grows_by_the_room_below_its_bound_between_2x_and_4x_per_round_trip():
+    # The bound is 3/8 of the 100 s timeout: 37.5 s.
+    assert asyncio.run(_slow_start(1.0, 2)) == [4, 16, 64]  # 37x room: at most 4x
+    assert asyncio.run(_slow_start(12.5, 2)) == [4, 12, 36]  # 3x room: 3x
+    assert asyncio.run(_slow_start(25.0, 2)) == [4, 8, 16]  # 1.5x room: at least 2x
 
 
 def test_the_limit_grows_only_when_it_is_what_holds_the_load_back():

@@ -7,8 +7,11 @@ with their first attempts (a congestion collapse; issue: 64 requests against a C
 that needed 600 s each). `InFlightLimit` therefore adapts, as TCP's congestion window does,
 to one signal every engine gives: how long answers take against the timeout.
 
-- It starts low and doubles per round trip while answers come back within 3/8 of the
-  timeout (slow start), then adds one request per round trip while they stay under 3/4.
+- It starts low and grows per round trip while answers come back within 3/8 of the
+  timeout (slow start) by `3/8 timeout / latency`, at least 2x and at most 4x: a batching
+  engine's latency grows at most in proportion to its load, so the load that answers at the
+  bound is at least that much higher. Then it adds one request per round trip while
+  answers stay under 3/4.
 - An answer slower than 3/4 of the timeout (the target) cuts the limit to
   `limit * target / latency`: for an engine that is saturated, latency grows in proportion
   to the requests it holds (Little's law), so that is the load at which answers take 3/4.
@@ -37,14 +40,18 @@ from dsbs.teachers.base import (
 )
 
 INITIAL_IN_FLIGHT = 8
-"""Requests in flight before any answer came back; slow start doubles it per round trip."""
+"""Requests in flight before any answer came back; slow start multiplies it per round trip."""
+SLOW_START_GROWTH = 4.0
+"""Most growth per round trip in slow start. One answer's latency says little about the next
+(a short output answers early), so answers far below the bound still grow the load by at most
+this; doubling alone took 5 round trips (30 s on CPU) to fill a 256-sequence batch from 8."""
 LATENCY_TARGET = 0.75
 """Answers should take at most this share of the timeout: room for the slower ones (long
 outputs) before any times out. Higher keeps more requests in the engine: vLLM's throughput
 grows with its batch, and at half the timeout a real CPU engine ran at half its speed."""
 SLOW_START_END = 0.375
-"""Slow start (doubling) ends once answers take this share of the timeout; doubling from
-there at most doubles latency, which keeps it under the target."""
+"""Slow start ends once answers take this share of the timeout; growing from below it to
+at most twice its latency keeps answers under the target."""
 RECENT = 64
 """Answers whose latencies make the reported percentiles."""
 
@@ -118,7 +125,9 @@ class InFlightLimit:
         if not self._waiting and self.in_flight < int(self.limit):
             return  # the limit was not what held the load back: no evidence to grow on
         if self._slow_start and latency_s < self.slow_start_end_s:
-            self.limit += 1.0  # one more per answer: doubles per round trip
+            # A round trip brings `limit` answers, each adding factor - 1: x factor per trip.
+            factor = min(SLOW_START_GROWTH, self.slow_start_end_s / max(latency_s, 1e-9))
+            self.limit += max(1.0, factor - 1.0)
         else:
             self._slow_start = False
             self.limit += 1.0 / self.limit  # one more per round trip

@@ -82,11 +82,18 @@ class VllmTeacher:
 
     def __init__(self, args: dict[str, Any]) -> None:
         from vllm import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
         self.model = args["model"]
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        # A teacher does offline batch inference, so unset max_num_seqs and
+        # max_num_batched_tokens take vLLM's batch defaults (those of `vllm.LLM`), not the
+        # smaller ones of an engine context (128 sequences and 2,048 tokens a step on CPU
+        # against 256 and 4,096: the pipeline's engine ran smaller batches than LLM.generate).
+        self.engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS
+        )
         self._tokenizer: Any = None
 
     async def _prompt_text(self, request: TeacherRequest) -> str:
