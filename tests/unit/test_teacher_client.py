@@ -38,15 +38,19 @@ async def _answer(limit: InFlightLimit, clock: Clock, latency_s: float) -> None:
         clock.now += latency_s
 
 
-async def _slow_start(latency_s: float, round_trips: int) -> list[int]:
-    """In flight at the start and after each round trip, every answer taking `latency_s`."""
+async def _slow_start(
+    latency_s: float, round_trips: int, tokens: float | None = None, max_tokens: int = 64
+) -> list[int]:
+    """In flight at the start and after each round trip, every answer taking `latency_s`
+    for `tokens` output tokens of at most `max_tokens`."""
     clock = Clock()
-    limit = InFlightLimit(maximum=256, timeout_s=100, initial=4, clock=clock)
-    gates = [asyncio.Event() for _ in range(200)]
+    limit = InFlightLimit(maximum=256, timeout_s=100, max_tokens=max_tokens, initial=4, clock=clock)
+    gates = [asyncio.Event() for _ in range(400)]
 
     async def attempt(gate: asyncio.Event) -> None:
-        async with limit.slot():
+        async with limit.slot() as used:
             await gate.wait()
+            used.output_tokens = tokens
 
     tasks = [asyncio.create_task(attempt(gate)) for gate in gates]
     await asyncio.sleep(0.01)
@@ -65,11 +69,18 @@ async def _slow_start(latency_s: float, round_trips: int) -> list[int]:
     return counts
 
 
-def test_slow_start_grows_by_the_room_below_its_bound_between_2x_and_4x_per_round_trip():
+def test_slow_start_grows_by_the_room_below_its_bound_between_2x_and_16x_per_round_trip():
     # The bound is 3/8 of the 100 s timeout: 37.5 s.
-    assert asyncio.run(_slow_start(1.0, 2)) == [4, 16, 64]  # 37x room: at most 4x
+    assert asyncio.run(_slow_start(1.0, 2)) == [4, 64, 256]  # 37x room: at most 16x
     assert asyncio.run(_slow_start(12.5, 2)) == [4, 12, 36]  # 3x room: 3x
     assert asyncio.run(_slow_start(25.0, 2)) == [4, 8, 16]  # 1.5x room: at least 2x
+
+
+def test_slow_start_judges_a_short_answer_by_what_a_full_length_one_would_take():
+    # 16 of 64 tokens in 1.5 s: a full answer takes 6 s, 6.25x room below 37.5 s.
+    assert asyncio.run(_slow_start(1.5, 2, tokens=16, max_tokens=64)) == [4, 25, 156]
+    # Full-length answers are taken as they came.
+    assert asyncio.run(_slow_start(12.5, 1, tokens=64, max_tokens=64)) == [4, 12]
 
 
 def test_the_limit_grows_only_when_it_is_what_holds_the_load_back():

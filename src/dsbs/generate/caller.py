@@ -1,12 +1,19 @@
-"""The Ray Data side of generation: rows -> teacher requests -> teacher texts.
+"""The Ray Data side of generation: input shards -> teacher requests -> teacher texts.
 
-`TeacherCaller` is an async callable class for `Dataset.map_batches`: one actor keeps
-requests in flight to the teacher, which is either the Serve deployment (through its handle)
+`TeacherCaller` is an async callable class for `Dataset.map_batches`: one actor reads the
+input shards it is handed (one Ray Data task each) and keeps their rows' requests in flight
+to the teacher, which is either the Serve deployment (through its handle)
 or an OpenAI-compatible URL, as many as `InFlightLimit` finds the teacher answers in good
 time (at most `generate.max_in_flight`). Failures are retried with backoff, each attempt
 with its own request id; a row whose teacher call finally fails comes back with an `error`,
 to be quarantined rather than failing the job. Every second the actor posts its counts to
 the driver's `ProgressBoard`, so progress and overload warnings don't wait for a batch.
+
+The actor reads its shards itself, rather than a Ray Data read stage before it: rows then
+reach the actor as soon as Ray Data hands it a shard, and the rows of the several shards it
+holds wait at its `InFlightLimit`, which refills the engine's batch on each answer. With a
+read stage, rows arrived in waves as read tasks (new worker processes on cores busy with
+the engine) finished, and the engine ran below its batch between them.
 
 Why not `ray.data.llm`'s `ServeDeploymentProcessorConfig`: it treats a lost replica as a
 fatal error for the whole batch (only ValueError/TypeError/ValidationError/TimeoutError are
@@ -24,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from dsbs import storage
 from dsbs.config import TeacherConfig
 from dsbs.tasks import get_task
 from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
@@ -60,6 +68,19 @@ OUTPUT_SCHEMA = pa.schema(
         ("latency_s", pa.float64()),
     ]
 )
+
+
+def read_shard(file: str, shard: int, only: list[str] | None) -> pa.Table:
+    """One input shard's rows (arrow), tagged with the shard; `only` keeps those ids."""
+    import io
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(storage.read_bytes(file)))
+    if only is not None:  # a done shard's teacher errors, sent again
+        table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(only, pa.string())))
+    return table.append_column("shard", pa.array([shard] * len(table), pa.int64()))
 
 
 def sampling_for(cfg: TeacherConfig, num_samples: int, row_id: str) -> Sampling:
@@ -169,7 +190,9 @@ class TeacherCaller:
                 from dsbs.generate.deployment import DEPLOYMENT_NAME
 
                 self._teacher = ServeTeacher(self.app_name, DEPLOYMENT_NAME, self.cfg)
-            self._limit = InFlightLimit(self.max_in_flight, self.cfg.request_timeout_s)
+            self._limit = InFlightLimit(
+                self.max_in_flight, self.cfg.request_timeout_s, self.cfg.max_tokens
+            )
             if self.board is not None:
                 asyncio.get_running_loop().create_task(self._report_forever())
         return self._teacher, self._limit
@@ -220,7 +243,9 @@ class TeacherCaller:
         }
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
-        """Answers one batch of input rows (arrow) with one output table."""
-        rows = batch.to_pylist()
-        results = await asyncio.gather(*(self._one(row) for row in rows))
-        yield pa.Table.from_pylist(list(results), schema=OUTPUT_SCHEMA)
+        """Answers the input shards of one batch (`file`, `shard`, `only`): a table each."""
+        for item in batch.to_pylist():
+            # Read off the event loop: answers keep arriving (and refilling the limit) meanwhile.
+            table = await asyncio.to_thread(read_shard, item["file"], item["shard"], item["only"])
+            results = await asyncio.gather(*(self._one(row) for row in table.to_pylist()))
+            yield pa.Table.from_pylist(list(results), schema=OUTPUT_SCHEMA)

@@ -398,9 +398,16 @@ class TeacherServer:
 
 
 def teacher_app(
-    cfg: TeacherConfig, loader: Callable[[TeacherConfig], Teacher] = load_teacher
+    cfg: TeacherConfig,
+    loader: Callable[[TeacherConfig], Teacher] = load_teacher,
+    access_log: bool = True,
 ) -> serve.Application:
-    """The deployment bound to a config (and an engine loader), scaled and placed by it."""
+    """The deployment bound to a config (and an engine loader), scaled and placed by it.
+
+    `access_log=False` drops Serve's line per request: the generate stage sends one request
+    per row, and each line is written by the replica and shipped to the driver, CPU taken
+    from the engine for lines nobody reads (the stage reports its own progress and counts).
+    """
     return TeacherServer.options(  # type: ignore[attr-defined]
         autoscaling_config={
             "min_replicas": cfg.min_replicas,
@@ -418,6 +425,7 @@ def teacher_app(
         health_check_period_s=10,
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=30,
+        logging_config={"enable_access_log": access_log},
     ).bind(cfg, loader)
 
 

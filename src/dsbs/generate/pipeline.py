@@ -3,8 +3,9 @@
     inputs (records or raw task rows; jsonl/parquet/csv/HF; local or s3://)
       -> [driver] input records with unique ids in shards, bad rows quarantined  (inputs.py)
       -> [driver] which shards to send: not done, or teacher errors to retry     (shards.py)
-      -> [Ray Data] read those shards -> TeacherCaller actors (Serve handle or OpenAI URL,
-         in flight adapted to the teacher's latency, sized to its replica range) (caller.py)
+      -> [Ray Data] TeacherCaller actors read those shards and call the teacher (Serve
+         handle or OpenAI URL, in flight adapted to the teacher's latency, sized to its
+         replica range)                                                        (caller.py)
       -> [driver] a bar per answered row, overload warnings                      (progress.py)
       -> [driver] vote / parse / filter -> each input shard written whole        (finalize.py)
 
@@ -20,7 +21,6 @@ into the old one.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from dsbs import storage
@@ -61,9 +60,6 @@ from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
 from dsbs.teachers.client import percentile
 
 log = logging.getLogger(__name__)
-
-ASYNC_BATCHES_PER_TASK = 4
-"""Ray Data's default for concurrent batches of an async UDF within one task."""
 
 OPENAI_IN_FLIGHT = 64
 """Requests in flight to an `openai` endpoint when generate.max_in_flight is unset."""
@@ -224,7 +220,9 @@ def _deploy_teacher(teacher: TeacherConfig, loader: Callable[[TeacherConfig], An
         "starting the teacher (%s) in Ray Serve; loading the model takes a while", teacher.model
     )
     target = serve.RunTarget(
-        target=teacher_app(teacher, loader or load_teacher), name=APP_NAME, route_prefix=None
+        target=teacher_app(teacher, loader or load_teacher, access_log=False),
+        name=APP_NAME,
+        route_prefix=None,
     )
     try:
         [handle] = serve.run_many([target], wait_for_applications_running=False)
@@ -272,26 +270,10 @@ def _unplaced_reason(teacher: TeacherConfig) -> str:
     )
 
 
-def _read_shard(batch: Any) -> Any:
-    """Ray Data UDF: input shards to send -> their rows (arrow), tagged with the shard."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    tables = []
-    for item in batch.to_pylist():
-        table = pq.read_table(io.BytesIO(storage.read_bytes(item["file"])))
-        if item["only"] is not None:  # a done shard's teacher errors, sent again
-            wanted = pa.array(item["only"], pa.string())
-            table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
-        shard = pa.array([item["shard"]] * len(table), pa.int64())
-        tables.append(table.append_column("shard", shard))
-    return pa.concat_tables(tables)
-
-
 def _stream(
     teacher: TeacherConfig, generate: GenerateConfig, work: list[ShardWork], board: Any
 ) -> Any:
-    """The Ray Data pipeline: input shards to send -> their rows -> teacher texts (lazy)."""
+    """The Ray Data pipeline: input shards to send -> teacher texts, per shard (lazy)."""
     import ray.data
 
     from dsbs.generate.caller import TeacherCaller
@@ -304,41 +286,33 @@ def _stream(
         load.in_flight,
         load.callers,
     )
-    # Ray Data runs up to 4 batches of one block (an input shard) at once on an async actor,
-    # so a batch of a quarter of a caller's bound lets even one large shard fill it. A task
-    # ends with its slowest row, so the actor holds tasks for twice its bound: rows wait at
-    # its InFlightLimit (which keeps what is sent at most per_caller) instead of the limit
-    # waiting for rows while a task's last answers straggle (measured: 60 of 109 in flight).
-    batch_size = max(1, math.ceil(load.per_caller / ASYNC_BATCHES_PER_TASK))
-    task_rows = min(max(w.rows for w in work), batch_size * ASYNC_BATCHES_PER_TASK)
-    calls = math.ceil(2 * load.per_caller / task_rows) + 1
-    # The shard list goes in as items and each task reads its shard through dsbs.storage:
-    # Ray's file readers plan a listing task that needs a whole CPU, which a small cluster
-    # busy with the teacher may not have free. Reading is light, so a tenth of a CPU will do.
-    return (
-        ray.data.from_items(
-            [{"file": w.file, "shard": w.index, "only": w.only} for w in work],
-            override_num_blocks=len(work),
-        )
-        .map_batches(_read_shard, batch_size=1, batch_format="pyarrow", num_cpus=0.1)
-        .map_batches(
-            TeacherCaller,
-            fn_constructor_kwargs={
-                "cfg": teacher,
-                "num_samples": generate.num_samples,
-                "max_in_flight": load.per_caller,
-                "app_name": APP_NAME,
-                "board": board,
-            },
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(
-                size=load.callers,
-                max_tasks_in_flight_per_actor=calls,
-                max_concurrent_calls_per_actor=calls,
-            ),
-            num_cpus=0.1,  # network-bound; leave the cores to the teacher
-        )
+    # One Ray Data task per input shard, which the caller reads itself. A task ends with its
+    # slowest row, so the actor holds shards for twice its bound: rows wait at its
+    # InFlightLimit (which keeps what is sent at most per_caller) instead of the limit
+    # waiting for rows while a shard's last answers straggle (measured: 60 of 109 in flight).
+    calls = math.ceil(2 * load.per_caller / max(w.rows for w in work)) + 1
+    # The shard list goes in as items: Ray's file readers plan a listing task that needs a
+    # whole CPU, which a small cluster busy with the teacher may not have free.
+    return ray.data.from_items(
+        [{"file": w.file, "shard": w.index, "only": w.only} for w in work],
+        override_num_blocks=len(work),
+    ).map_batches(
+        TeacherCaller,
+        fn_constructor_kwargs={
+            "cfg": teacher,
+            "num_samples": generate.num_samples,
+            "max_in_flight": load.per_caller,
+            "app_name": APP_NAME,
+            "board": board,
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(
+            size=load.callers,
+            max_tasks_in_flight_per_actor=calls,
+            max_concurrent_calls_per_actor=calls,
+        ),
+        num_cpus=0.1,  # network-bound; leave the cores to the teacher
     )
 
 
@@ -413,6 +387,7 @@ def generate_rationales(
     _check_budget(errors, total, generate.max_error_fraction, out_dir)
     todo = inputs.rows - plan.skipped
     calls, output_tokens, retries = 0, 0, 0
+    streaming = 0.0
     latencies = LatencySample()
     load: dict[str, Any] = {"timeouts": 0, "limit": 0}
     if todo > 0:
@@ -444,6 +419,9 @@ def generate_rationales(
                         errors += bad is not None and bad["reason"] in ERROR_REASONS
                     _check_budget(errors, total, generate.max_error_fraction, out_dir)
             load = watch.last
+            # Throughput counts the streaming phase only: the teacher's start-up and its
+            # shutdown below (seconds in serve.delete) are not generation.
+            streaming = time.monotonic() - streaming_since
         finally:
             writer.close()
             if teacher.engine == "vllm" and not teacher.keep_running:
@@ -453,8 +431,6 @@ def generate_rationales(
 
                 serve.delete(APP_NAME)
     wall = time.monotonic() - started
-    # Throughput counts the streaming phase only: engine start-up is reported separately.
-    streaming = time.monotonic() - streaming_since if todo > 0 else 0.0
     this_run = RunCounts(
         calls,
         plan.skipped,

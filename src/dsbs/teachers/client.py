@@ -8,10 +8,12 @@ that needed 600 s each). `InFlightLimit` therefore adapts, as TCP's congestion w
 to one signal every engine gives: how long answers take against the timeout.
 
 - It starts low and grows per round trip while answers come back within 3/8 of the
-  timeout (slow start) by `3/8 timeout / latency`, at least 2x and at most 4x: a batching
+  timeout (slow start) by `3/8 timeout / latency`, at least 2x and at most 16x: a batching
   engine's latency grows at most in proportion to its load, so the load that answers at the
-  bound is at least that much higher. Then it adds one request per round trip while
-  answers stay under 3/4.
+  bound is at least that much higher. The latency it grows by is that of a full-length
+  answer (`teacher.max_tokens`), scaled from the answer's own output tokens: a short answer
+  comes back early and would otherwise promise room that a long one does not have. Then it
+  adds one request per round trip while answers stay under 3/4.
 - An answer slower than 3/4 of the timeout (the target) cuts the limit to
   `limit * target / latency`: for an engine that is saturated, latency grows in proportion
   to the requests it holds (Little's law), so that is the load at which answers take 3/4.
@@ -29,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from dsbs.teachers.base import (
@@ -41,10 +44,11 @@ from dsbs.teachers.base import (
 
 INITIAL_IN_FLIGHT = 8
 """Requests in flight before any answer came back; slow start multiplies it per round trip."""
-SLOW_START_GROWTH = 4.0
-"""Most growth per round trip in slow start. One answer's latency says little about the next
-(a short output answers early), so answers far below the bound still grow the load by at most
-this; doubling alone took 5 round trips (30 s on CPU) to fill a 256-sequence batch from 8."""
+SLOW_START_GROWTH = 16.0
+"""Most growth per round trip in slow start. Answers are judged at full length, so their
+room is what the engine can take; the cap guards against an answer that met an idle engine.
+Doubling took 5 round trips (30 s on CPU) to fill a 256-sequence batch from 8, and 4x still
+left the engine below its batch for a third of a 512-row run."""
 LATENCY_TARGET = 0.75
 """Answers should take at most this share of the timeout: room for the slower ones (long
 outputs) before any times out. Higher keeps more requests in the engine: vLLM's throughput
@@ -62,6 +66,14 @@ def percentile(values: list[float], share: float) -> float | None:
     return ordered[int(share * (len(ordered) - 1))] if ordered else None
 
 
+@dataclass
+class Attempt:
+    """What the body of `InFlightLimit.slot()` tells the limit about its answer."""
+
+    output_tokens: float | None = None
+    """Output tokens of the answer, per sample; None when the engine did not say."""
+
+
 class InFlightLimit:
     """An adaptive bound on requests in flight to one teacher (see the module docstring)."""
 
@@ -69,10 +81,13 @@ class InFlightLimit:
         self,
         maximum: int,
         timeout_s: float,
+        max_tokens: int | None = None,
         initial: int = INITIAL_IN_FLIGHT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.maximum = maximum
+        self.max_tokens = max_tokens
+        """The longest answer (teacher.max_tokens); None: judge answers as they came."""
         self._clock = clock
         self.target_s = LATENCY_TARGET * timeout_s
         self.slow_start_end_s = SLOW_START_END * timeout_s
@@ -88,10 +103,11 @@ class InFlightLimit:
         self._changed = asyncio.Condition()
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[Attempt]:
         """Waits for room, then holds one place for the body: one attempt of one request.
 
         The body's duration is the latency; a `TeacherTimeout` out of it counts as a timeout.
+        The body may set the answer's output tokens on the `Attempt` it is given.
         """
         async with self._changed:
             self._waiting += 1
@@ -103,20 +119,27 @@ class InFlightLimit:
             self._sent += 1
             number = self._sent
         started = self._started[number] = self._clock()
+        attempt = Attempt()
         try:
-            yield
+            yield attempt
         except TeacherTimeout:
             self._on_timeout(number)
             raise
         else:
-            self._on_answer(self._clock() - started, number)
+            self._on_answer(self._clock() - started, number, attempt.output_tokens)
         finally:
             del self._started[number]
             async with self._changed:
                 self.in_flight -= 1
                 self._changed.notify_all()
 
-    def _on_answer(self, latency_s: float, number: int) -> None:
+    def _full_length(self, latency_s: float, tokens: float | None) -> float:
+        """The latency of a full-length answer, were it as fast per token as this one."""
+        if not tokens or not self.max_tokens or tokens >= self.max_tokens:
+            return latency_s
+        return latency_s * self.max_tokens / tokens
+
+    def _on_answer(self, latency_s: float, number: int, tokens: float | None = None) -> None:
         self.latencies.append(latency_s)
         if latency_s > self.target_s:
             if number > self._cut_at:
@@ -126,7 +149,8 @@ class InFlightLimit:
             return  # the limit was not what held the load back: no evidence to grow on
         if self._slow_start and latency_s < self.slow_start_end_s:
             # A round trip brings `limit` answers, each adding factor - 1: x factor per trip.
-            factor = min(SLOW_START_GROWTH, self.slow_start_end_s / max(latency_s, 1e-9))
+            full_s = self._full_length(latency_s, tokens)
+            factor = min(SLOW_START_GROWTH, self.slow_start_end_s / max(full_s, 1e-9))
             self.limit += max(1.0, factor - 1.0)
         else:
             self._slow_start = False
@@ -182,7 +206,9 @@ async def complete_with_retries(
         request = request_for(number)
         if limit is None:
             return await teacher.complete(request)
-        async with limit.slot():
-            return await teacher.complete(request)
+        async with limit.slot() as used:
+            reply = await teacher.complete(request)
+            used.output_tokens = reply.output_tokens / max(1, len(reply.texts))
+            return reply
 
     return await with_retries(attempt, max_retries, what)
