@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 IMAGE = "localhost/dsbs:cpu-test"
 CONFIG = REPO / "tests" / "assets" / "configs"
+AUTH: dict[str, str] = {}
+"""The cluster's token settings, for the containers and `ray job submit` only."""
 
 
 def _can_install_tools() -> bool:
@@ -84,8 +86,9 @@ def cluster(image: str, s3_server: str) -> Iterator[str]:
     tag = uuid.uuid4().hex[:8]
     gcs, dashboard = free_port(), free_port()
     # Token authentication as KubeRay's authOptions sets it up: one token, in every pod's
-    # environment and in the submitter's.
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex + uuid.uuid4().hex)
+    # environment and in the submitter's - never in this process's, where Ray caches what it
+    # reads and the next module's local Ray would start with this token.
+    AUTH["RAY_AUTH_MODE"], AUTH["RAY_AUTH_TOKEN"] = "token", uuid.uuid4().hex + uuid.uuid4().hex
     env = []
     for key in (
         "AWS_ENDPOINT_URL",
@@ -93,10 +96,9 @@ def cluster(image: str, s3_server: str) -> Iterator[str]:
         "AWS_SECRET_ACCESS_KEY",
         "AWS_DEFAULT_REGION",
         "AWS_REGION",
-        "RAY_AUTH_MODE",
-        "RAY_AUTH_TOKEN",
     ):
         env += ["-e", f"{key}={os.environ[key]}"]
+    env += [arg for key, value in AUTH.items() for arg in ("-e", f"{key}={value}")]
     common = ["run", "-d", "--network=host", "--shm-size=2g", *env]
     head = f"dsbs-head-{tag}"
     worker = f"dsbs-worker-{tag}"
@@ -148,8 +150,7 @@ def cluster(image: str, s3_server: str) -> Iterator[str]:
             logs = podman("logs", "--tail", "40", name, check=False)
             print(f"--- {name}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}", file=sys.stderr)
             podman("rm", "-f", "-t", "5", name, check=False)
-        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-            os.environ.pop(key, None)
+        AUTH.clear()
 
 
 def _wait_for_nodes(address: str, count: int, container: str) -> None:
@@ -182,7 +183,7 @@ def _submit(address: str, *args: str, timeout: float) -> str:
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        env={**os.environ, **AUTH, "PATH": f"{BIN}:{os.environ['PATH']}"},
     )
     return out.stdout + out.stderr
 

@@ -29,7 +29,13 @@ def three_cpus() -> Iterator[None]:
     """A local Ray with room for two 1-CPU teacher replicas and the stage's light tasks."""
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=3,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         yield
     finally:
