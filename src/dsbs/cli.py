@@ -18,7 +18,7 @@ from dsbs import __version__
 from dsbs.config import Config, ConfigError, adafactor_problem, dump_config, load_config
 from dsbs.data.paper import PAPER_DATASETS, SPLITS, import_paper
 from dsbs.data.quarantine import BadInputError
-from dsbs.data.synth import SYNTH_TASKS, synth
+from dsbs.data.synth import MAX_OPS, SYNTH_TASKS, synth
 from dsbs.generate.pipeline import GenerationError
 from dsbs.storage import StorageError
 from dsbs.student.presets import PRESETS
@@ -153,7 +153,7 @@ def _data_import_paper(args: argparse.Namespace) -> str:
 
 
 def _data_synth(args: argparse.Namespace) -> str:
-    return synth(args.task, args.n, args.seed, args.out, args.rationales)
+    return synth(args.task, args.n, args.seed, args.out, args.rationales, args.max_ops)
 
 
 # Every command the CLI offers, by its words on the command line; tests check this table
@@ -265,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth_cmd.add_argument("--task", required=True, choices=sorted(SYNTH_TASKS))
     synth_cmd.add_argument("--n", type=int, required=True, help="number of rows")
     synth_cmd.add_argument("--seed", type=int, default=0)
+    synth_cmd.add_argument(
+        "--max-ops",
+        type=int,
+        default=MAX_OPS,
+        help=f"at most this many operations per problem, 1 to {MAX_OPS} (default {MAX_OPS})",
+    )
     synth_cmd.add_argument(
         "--rationales",
         action="store_true",

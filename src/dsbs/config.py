@@ -17,6 +17,7 @@ TaskName = Literal["svamp", "cqa", "anli1", "esnli", "free"]
 TrainMode = Literal["standard_finetune", "standard_distill", "distill_step_by_step"]
 StudentPreset = Literal[
     "t5-tiny",
+    "t5-mini",
     "t5-v1_1-small",
     "t5-v1_1-base",
     "t5-v1_1-large",
@@ -178,7 +179,8 @@ class StudentConfig(_Section):
     """The T5 student: architecture, weights and tokenizer."""
 
     preset: StudentPreset = "t5-tiny"
-    """Architecture; `t5-v1_1-*` follow google/t5-v1_1-*, `t5-tiny` is for tests and demos."""
+    """Architecture; `t5-v1_1-*` follow google/t5-v1_1-*, `t5-tiny` is for tests, `t5-mini`
+    for the demo."""
     model: str | None = None
     """Pretrained weights: a local folder, s3:// prefix or hub id; None builds from config."""
     tokenizer: str | None = None

@@ -23,10 +23,12 @@ from dsbs.auth import STUDENT_TOKEN_ENV, bearer_header
 from dsbs.cluster import ensure_ray
 from dsbs.config import Config, dump_config
 from dsbs.generate import GenerateSummary, generate_rationales
-from dsbs.records import iter_records
 from dsbs.report import write_report
-from dsbs.rundir import current_rationales, read_json
+from dsbs.rundir import read_json
 from dsbs.serve.runner import start_serve, start_student, stop_student
+from dsbs.tasks import get_task
+from dsbs.train.data import read_examples
+from dsbs.train.examples import Example
 from dsbs.train.trainer import TrainSummary, train_student
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,16 @@ class RunSummary:
             if self.url
             else f"serve it with: dsbs serve --model {student['export']}"
         )
-        accuracy = student.get("test_accuracy")
-        shown = "n/a" if accuracy is None else f"{accuracy:.1%}"
+        right = sum(bool(a.get("correct")) for a in self.answers)
+
+        def shown(accuracy: float | None) -> str:
+            return "n/a" if accuracy is None else f"{accuracy:.1%}"
+
         return (
-            f"run: student test accuracy {shown} after {student['steps']} steps; "
-            f"{len(self.answers)} smoke-test answers over HTTP; {seconds:.0f} s; "
+            f"run: student test accuracy {shown(student.get('test_accuracy'))} against the "
+            f"teacher's {shown(student.get('teacher_test_accuracy'))} on the same "
+            f"{student.get('test_rows', 0)} test rows after {student['steps']} steps; "
+            f"smoke test over HTTP {right} of {len(self.answers)} right; {seconds:.0f} s; "
             f"report {self.report}; {serving}"
         )
 
@@ -101,16 +108,27 @@ def run_pipeline(cfg: Config) -> RunSummary:
             raise FileNotFoundError(f"{trained.output}: training finished without metrics.json")
         history = _history(trained.output)
     with _timed(timings, "serve"):
-        questions = _smoke_inputs(cfg.train.data or current_rationales(run_dir))
+        questions = _smoke_examples(trained.output)
         url = start_student(cfg.serve, run_dir, address)
         try:
-            answers = _ask(url, questions)
+            answers = _ask(url, questions, cfg.data.task)
         finally:
             if not cfg.pipeline.keep_serving:
                 stop_student()
     for answer in answers:
-        log.info("smoke test: %r -> %r", answer["input"], answer["label"])
-    metrics = {**_metrics(generated, trained, final, timings), "smoke_test": answers}
+        verdict = {True: "right", False: "wrong", None: "no gold label"}[answer["correct"]]
+        log.info(
+            "smoke test: %r -> %r (gold %r: %s)",
+            answer["input"],
+            answer["label"],
+            answer["gold"],
+            verdict,
+        )
+    metrics = {
+        **_metrics(generated, trained, final, timings),
+        "setting": describe_setting(cfg),
+        "smoke_test": answers,
+    }
     report_dir = storage.join(run_dir, "report")
     write_report(report_dir, metrics, history, dump_config(cfg))
     return RunSummary(
@@ -122,23 +140,52 @@ def run_pipeline(cfg: Config) -> RunSummary:
     )
 
 
+def describe_setting(cfg: Config) -> str:
+    """Which of the paper's settings a run trains in, in words (for the report)."""
+    mode, generate = cfg.train.mode, cfg.generate
+    if mode == "standard_finetune":
+        return "standard finetuning: gold labels, no teacher output"
+    if mode == "standard_distill":
+        learned = "teacher labels, no rationales"
+    elif cfg.train.label_source == "gold":
+        return "distilling step-by-step with gold labels and the teacher's rationales"
+    else:
+        learned = "the teacher's labels and rationales"
+    if generate.num_samples > 1:
+        learned += f", self-consistency over {generate.num_samples} samples"
+    if generate.require_gold_match:
+        learned += ", only rows where the teacher's label matches gold"
+    name = "distilling step-by-step" if mode == "distill_step_by_step" else "standard distillation"
+    return f"{name} with {learned}"
+
+
 def _history(train_out: str) -> list[dict[str, Any]]:
     text = storage.read_bytes(storage.join(train_out, "metrics.jsonl")).decode()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _smoke_inputs(source: str) -> list[str]:
-    """The shortest inputs among the first rows.
+def _smoke_examples(train_out: str) -> list[Example]:
+    """The shortest held-out rows among the first of the test split (else valid, else train).
 
-    The endpoint refuses any input longer than the student was trained on (training cut
-    such inputs; serving says so with a 422), so the smoke test asks what fits.
+    Held-out rows, so that the answers shown say something about the student; the shortest,
+    because the endpoint refuses any input longer than the student was trained on (training
+    cut such inputs; serving says so with a 422).
     """
-    first = [record.input for record in itertools.islice(iter_records(source), 100)]
-    return sorted(first, key=len)[:SMOKE_INPUTS]
+    manifest = read_json(storage.join(train_out, "data", "manifest.json")) or {}
+    files = manifest.get("files", {})
+    split = next((s for s in ("test", "valid", "train") if files.get(s)), None)
+    first = list(itertools.islice(read_examples(files[split]), 100)) if split else []
+    return sorted(first, key=lambda e: len(e.input))[:SMOKE_INPUTS]
 
 
-def _ask(url: str, questions: list[str]) -> list[dict[str, Any]]:
-    """Posts the questions to the served student, as a client would."""
+def _ask(url: str, examples: list[Example], task: str) -> list[dict[str, Any]]:
+    """Posts the examples' inputs to the served student, as a client would, and scores them.
+
+    Returns:
+        One dict per example: input, the endpoint's answer, gold and whether it is right
+        (None without a gold label).
+    """
+    questions = [e.input for e in examples]
     body = json.dumps({"inputs": questions, "rationale": False}).encode()
     request = urllib.request.Request(  # noqa: S310 - an http:// URL of our own app
         f"{url}/v1/predict",
@@ -147,7 +194,16 @@ def _ask(url: str, questions: list[str]) -> list[dict[str, Any]]:
     )
     with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - our own app
         predictions = json.loads(response.read())["predictions"]
-    return [{"input": q, **p} for q, p in zip(questions, predictions, strict=True)]
+    metric = get_task(task)
+    return [
+        {
+            "input": e.input,
+            **p,
+            "gold": e.gold or None,
+            "correct": metric.is_correct(p["label"], e.gold) if e.gold else None,
+        }
+        for e, p in zip(examples, predictions, strict=True)
+    ]
 
 
 def _metrics(
@@ -176,6 +232,8 @@ def _metrics(
             "export": storage.join(trained.output, "student"),
             "steps": trained.steps,
             "test_accuracy": test.get("label_accuracy"),
+            "teacher_test_accuracy": test.get("teacher_accuracy"),
+            "test_rows": test.get("rows"),
             "valid_accuracy": trained.valid_accuracy,
             "test_label_loss": test.get("label_loss"),
             "test_rationale_loss": test.get("rationale_loss"),

@@ -142,6 +142,40 @@ def _cell(value: Any) -> str:
     return html.escape(json.dumps(value) if isinstance(value, list) else str(value))
 
 
+def _percent(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """Teacher against student on the same test rows, the setting, and the smoke-test answers."""
+    student = metrics.get("student")
+    if not student:
+        return ""
+    rows = student.get("test_rows") or 0
+    answers = "\n".join(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+            html.escape(str(a.get("input", ""))),
+            html.escape(str(a.get("label", ""))),
+            html.escape(str(a.get("gold") or "")),
+            {True: "right", False: "wrong"}.get(a.get("correct"), ""),
+        )
+        for a in metrics.get("smoke_test", [])
+    )
+    teacher = _percent(student.get("teacher_test_accuracy"))
+    learned = _percent(student.get("test_accuracy"))
+    return f"""<h2>Teacher and student on the same {rows} held-out test rows</h2>
+<table>
+<tr><td>teacher (its labels in the generated data)</td><td>{teacher}</td></tr>
+<tr><td>student after {student.get("steps")} steps</td><td>{learned}</td></tr>
+</table>
+<p>Setting: {html.escape(str(metrics.get("setting", "")))}</p>
+<h3>Smoke test over HTTP</h3>
+<table>
+<tr><td>input</td><td>student's answer</td><td>gold</td><td></td></tr>
+{answers}
+</table>"""
+
+
 def _page(metrics: dict[str, Any], images: list[str], config_yaml: str) -> str:
     rows = "\n".join(
         f"<tr><td>{html.escape(key)}</td><td>{_cell(value)}</td></tr>"
@@ -157,6 +191,7 @@ img {{ max-width: 640px; margin: 8px; border: 1px solid #eee; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>dsbs run report</h1>
+{_headline(metrics)}
 <h2>Plots</h2>
 {figures}
 <h2>Metrics</h2>

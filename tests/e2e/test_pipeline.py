@@ -42,10 +42,14 @@ def _check_run_dir(run: Path) -> dict:
     assert teacher["accuracy_against_gold"] is not None
     assert student["steps"] == 20 and student["examples_per_s"] > 0
     assert student["test_accuracy"] is not None and student["train_label_loss"] > 0
+    # The teacher is scored on the student's own test rows (its labels are in every row here).
+    assert student["teacher_test_accuracy"] is not None and student["test_rows"] > 0
+    assert "Teacher and student on the same" in page
     assert student["train_rationale_loss"] > 0
     assert set(metrics["stage_seconds"]) == {"generate", "train", "evaluate", "serve"}
     answers = metrics["smoke_test"]
     assert len(answers) == 3 and all(isinstance(a["label"], str) for a in answers)
+    assert all(a["gold"] and isinstance(a["correct"], bool) for a in answers)  # held-out rows
     return metrics
 
 

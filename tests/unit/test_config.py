@@ -108,3 +108,27 @@ def test_every_field_has_a_docstring():
         section = field.annotation
         for name, leaf in section.model_fields.items():  # type: ignore[union-attr]
             assert leaf.description, f"{section_name}.{name} has no docstring"
+
+
+def test_a_run_names_the_papers_setting_it_trains_in():
+    from dsbs.pipeline import describe_setting
+
+    def setting(*overrides: str) -> str:
+        return describe_setting(load_config(None, list(overrides)))
+
+    assert setting("train.label_source=gold") == (
+        "distilling step-by-step with gold labels and the teacher's rationales"
+    )
+    gated = (
+        "generate.num_samples=5",
+        "teacher.temperature=0.7",
+        "generate.require_gold_match=true",
+    )
+    assert setting(*gated) == (
+        "distilling step-by-step with the teacher's labels and rationales, self-consistency "
+        "over 5 samples, only rows where the teacher's label matches gold"
+    )
+    assert setting("train.mode=standard_finetune").startswith("standard finetuning")
+    assert setting("train.mode=standard_distill") == (
+        "standard distillation with teacher labels, no rationales"
+    )

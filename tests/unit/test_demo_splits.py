@@ -16,22 +16,23 @@ from dsbs.train.data import read_examples, write_splits
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _demo_synth_args() -> tuple[int, int]:
-    """`--n` and `--seed` of the Makefile's `dsbs data synth` line for `make demo`."""
+def _demo_synth_args() -> tuple[int, int, int]:
+    """`--n`, `--seed` and `--max-ops` of the Makefile's `dsbs data synth` line for the demo."""
     makefile = (ROOT / "Makefile").read_text()
     line = next(x for x in makefile.splitlines() if "dsbs data synth" in x and "runs/demo" in x)
     n = re.search(r"--n (\d+)", line)
     seed = re.search(r"--seed (\d+)", line)
-    assert n and seed, line
-    return int(n.group(1)), int(seed.group(1))
+    ops = re.search(r"--max-ops (\d+)", line)
+    assert n and seed and ops, line
+    return int(n.group(1)), int(seed.group(1)), int(ops.group(1))
 
 
 def test_demo_test_rows_are_never_trained_on_or_shown_in_prompts(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "configs" / "local-demo.yaml")
-    n, seed = _demo_synth_args()
+    n, seed, max_ops = _demo_synth_args()
     # Oracle rationales give every row the teacher fields its mode needs, so no row is skipped
     # and every row lands in the split its id hashes to, as in the demo.
-    records = synth_arithmetic(n, seed, rationales=True)
+    records = synth_arithmetic(n, seed, rationales=True, max_ops=max_ops)
     source = tmp_path / "synth.jsonl"
     write_records(str(source), records)
     manifest = write_splits(cfg.train, str(source), str(tmp_path / "splits"))

@@ -35,3 +35,19 @@ def test_report_holds_metrics_plots_and_a_page_with_the_config(tmp_path):
 def test_a_run_without_validation_has_no_accuracy_plot(tmp_path):
     names = write_report(str(tmp_path), {"steps": 1}, HISTORY[:2], "")
     assert "accuracy.png" not in names and "loss.png" in names
+
+
+def test_the_page_opens_with_teacher_and_student_on_the_same_test_rows(tmp_path):
+    metrics = {
+        "student": {"test_accuracy": 0.6, "teacher_test_accuracy": 0.15, "test_rows": 40},
+        "setting": "distilling step-by-step with gold labels and the teacher's rationales",
+        "smoke_test": [
+            {"input": "1 + <2>?", "label": "( 1.0 + 2.0 )", "gold": "3", "correct": True}
+        ],
+    }
+    write_report(str(tmp_path), metrics, HISTORY, "")
+    page = (tmp_path / "index.html").read_text()
+    head = page[: page.index("<h2>Plots</h2>")]
+    assert "same 40 held-out test rows" in head
+    assert "15.0%" in head and "60.0%" in head and "gold labels and the teacher" in head
+    assert "1 + &lt;2&gt;?" in head and "right" in head

@@ -55,3 +55,12 @@ def test_oracle_rationales_work_the_equation_step_by_step():
         last = record.rationale.rstrip(".").rsplit("= ", 1)[1]
         assert int(last) == record.meta["answer"]
     assert all(r.rationale is None for r in synth_arithmetic(5, seed=0))
+
+
+def test_max_ops_keeps_the_problems_of_at_most_that_many_operations():
+    one_step = synth_arithmetic(200, seed=0, max_ops=1)
+    assert {_operations(parse(r.label)) for r in one_step} == {1}
+    assert {r.meta["template"] for r in one_step} == {t for t in TEMPLATES if t.startswith("one_")}
+    assert {_operations(parse(r.label)) for r in synth_arithmetic(300, 0, max_ops=2)} == {1, 2}
+    with pytest.raises(ValueError, match="max_ops"):
+        synth_arithmetic(5, seed=0, max_ops=0)

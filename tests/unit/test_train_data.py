@@ -242,3 +242,17 @@ def test_a_resuming_rank_downloads_only_its_files_from_s3(s3_bucket):
         "tokenizer/spiece.model",
     ]
     assert not os.path.exists(folder)  # downloaded to a temporary folder, removed after
+
+
+def test_the_teacher_is_scored_on_the_same_rows_as_the_student():
+    from dsbs.train.evaluate import teacher_accuracy
+    from dsbs.train.examples import Example
+
+    def row(i: int, teacher: str, gold: str = "( 2 + 3 )") -> Example:
+        return Example(str(i), "2 plus 3?", gold, "", gold, teacher)
+
+    rows = [row(0, "( 3 + 2 )"), row(1, "( 2 * 3 )"), row(2, ""), row(3, "5")]
+    assert teacher_accuracy(rows, "svamp") == 0.5  # equal values count; no answer is wrong
+    assert teacher_accuracy([row(0, "")], "svamp") is None  # no teacher labels at all
+    assert teacher_accuracy([row(0, "5", gold="")], "svamp") is None  # nothing to score
+    assert to_example(RECORDS[0], "distill_step_by_step", "gold").teacher == "( 2 + 3 )"

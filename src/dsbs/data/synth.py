@@ -2,7 +2,9 @@
 
 Users get no datasets bundled, so `dsbs data synth` writes svamp-style problems: many
 templates, one to three operations, whole-number answers, gold labels as svamp equations
-(`( ( 6.0 * 12.0 ) + 5.0 )`). The same seed always gives the same rows.
+(`( ( 6.0 * 12.0 ) + 5.0 )`). The same seed always gives the same rows. `max_ops` keeps the
+templates of at most that many operations: the demo uses one-step problems, the size of task a
+student of a few million parameters learns from a few hundred rows on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -261,13 +263,26 @@ TEMPLATES: dict[str, Callable[[random.Random, _Ctx], Problem]] = {
 }
 
 
+OPS_PREFIX = {"one": 1, "two": 2, "three": 3}
+"""A template's name starts with its number of operations."""
+
+MAX_OPS = 3
+
+
+def template_ops(template: str) -> int:
+    """How many operations a template's equations have (`one_add` -> 1)."""
+    return OPS_PREFIX[template.split("_", 1)[0]]
+
+
 def worked_rationale(equation: str) -> str:
     """A worked solution of an equation, e.g. `9 * 8 = 72. 72 + 30 = 102.`."""
     return " ".join(f"{step}." for step in safe_math.worked_steps(equation))
 
 
-def synth_arithmetic(n: int, seed: int, rationales: bool = False) -> list[Record]:
-    """`n` labeled arithmetic problems, the same for the same seed.
+def synth_arithmetic(
+    n: int, seed: int, rationales: bool = False, max_ops: int = MAX_OPS
+) -> list[Record]:
+    """`n` labeled arithmetic problems of at most `max_ops` operations, the same for the same seed.
 
     Every answer is checked to be a positive whole number by the safe evaluator. With
     `rationales`, each row also gets a worked solution as its rationale and the gold label as
@@ -276,7 +291,9 @@ def synth_arithmetic(n: int, seed: int, rationales: bool = False) -> list[Record
     task = get_task("svamp")
     rng = random.Random(seed)  # noqa: S311 - reproducible data, not security
     ids, records = IdAssigner(), []
-    names = sorted(TEMPLATES)
+    names = sorted(t for t in TEMPLATES if template_ops(t) <= max_ops)
+    if not names:
+        raise ValueError(f"max_ops must be between 1 and {MAX_OPS}")
     for _ in range(n):
         template = rng.choice(names)
         name, friend = rng.sample(NAMES, 2)
@@ -303,16 +320,19 @@ def synth_arithmetic(n: int, seed: int, rationales: bool = False) -> list[Record
 SYNTH_TASKS = {"arithmetic": synth_arithmetic}
 
 
-def synth(task: str, n: int, seed: int, out: str, rationales: bool = False) -> str:
+def synth(
+    task: str, n: int, seed: int, out: str, rationales: bool = False, max_ops: int = MAX_OPS
+) -> str:
     """Writes `n` synthetic rows of `task` to `out` (jsonl, parquet or csv; local or s3://).
 
-    With `rationales`, rows carry an oracle teacher's worked solution (see synth_arithmetic).
+    With `rationales`, rows carry an oracle teacher's worked solution (see synth_arithmetic);
+    `max_ops` bounds the operations per problem.
 
     Returns:
         The one-line summary.
 
     Raises:
-        ValueError: for an unknown task or a non-positive `n`.
+        ValueError: for an unknown task, a non-positive `n` or a `max_ops` out of range.
     """
     if task not in SYNTH_TASKS:
         raise ValueError(
@@ -320,11 +340,12 @@ def synth(task: str, n: int, seed: int, out: str, rationales: bool = False) -> s
         )
     if n <= 0:
         raise ValueError("n must be positive")
-    records = SYNTH_TASKS[task](n, seed, rationales)
+    records = SYNTH_TASKS[task](n, seed, rationales, max_ops)
     write_records(out, records)
     templates = len({r.meta["template"] for r in records})
     oracle = " with oracle rationales" if rationales else ""
     return (
-        f"synth {task}: {len(records)} rows{oracle} from {templates} templates (seed {seed}) "
+        f"synth {task}: {len(records)} rows{oracle} from {templates} templates of at most "
+        f"{max_ops} operations (seed {seed}) "
         f"-> {out}"
     )

@@ -1,4 +1,4 @@
-"""Student architectures: the published google/t5-v1_1-* shapes and a tiny one for tests."""
+"""Student architectures: the published google/t5-v1_1-* shapes and two small ones of ours."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ T5_V1_1_VOCAB = 32128
 # Numbers from each model's published config.json. `tie_word_embeddings=False` is how v1.1
 # configs say "do not rescale"; transformers 5 reads it so and then ties lm_head to the input
 # embedding anyway, so parameter counts here are the library's (11.0B for xxl, not 11.1B).
+# t5-tiny (0.2M parameters with a 1,000-piece vocabulary) is for tests; t5-mini (1.8M) is the
+# demo's student, the smallest shape measured to learn one-step arithmetic from a few hundred
+# rows (BENCHMARKS.md); neither is a published checkpoint (nor google/t5-efficient-mini).
 PRESETS: dict[str, dict[str, Any]] = {
     "t5-tiny": {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2},
+    "t5-mini": {"d_model": 128, "d_ff": 512, "d_kv": 32, "num_heads": 4, "num_layers": 3},
     "t5-v1_1-small": {"d_model": 512, "d_ff": 1024, "d_kv": 64, "num_heads": 6, "num_layers": 8},
     "t5-v1_1-base": {"d_model": 768, "d_ff": 2048, "d_kv": 64, "num_heads": 12, "num_layers": 12},
     "t5-v1_1-large": {"d_model": 1024, "d_ff": 2816, "d_kv": 64, "num_heads": 16, "num_layers": 24},

@@ -11,7 +11,7 @@ from typing import Any
 from dsbs.records import Record, read_records
 from dsbs.student.decode import generate_texts
 from dsbs.student.export import load_student
-from dsbs.tasks import get_task
+from dsbs.tasks import accuracy, get_task
 from dsbs.train.examples import Example
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,18 @@ log = logging.getLogger(__name__)
 def reference_label(example: Example) -> str:
     """What a prediction is scored against: the gold label, or the teacher's where none exists."""
     return example.gold or example.label
+
+
+def teacher_accuracy(examples: Sequence[Example], task: str) -> float | None:
+    """How often the teacher's label matched gold on `examples`, by the task's metric.
+
+    A row the teacher gave no label for counts as wrong, as a student's empty answer would.
+    None when no row has both a gold label and any teacher label (nothing to compare).
+    """
+    scored = [e for e in examples if e.gold]
+    if not scored or not any(e.teacher for e in scored):
+        return None
+    return accuracy(get_task(task), [(e.teacher or None, e.gold) for e in scored])
 
 
 def padded_slice(examples: Sequence[Example], rank: int, world: int) -> tuple[list[Example], int]:

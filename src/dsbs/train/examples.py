@@ -34,6 +34,8 @@ class Example:
     """The rationale target; empty when the mode learns no rationale."""
     gold: str
     """The gold label for accuracy; empty when the row has none."""
+    teacher: str = ""
+    """The teacher's label, to score the teacher on the same rows; empty when it gave none."""
 
 
 def label_target(record: Record, mode: str, label_source: str) -> str | None:
@@ -64,6 +66,7 @@ def to_example(record: Record, mode: str, label_source: str) -> Example | str:
         label=label,
         rationale=rationale if mode == "distill_step_by_step" else "",
         gold=record.label or "",
+        teacher=record.teacher_label or "",
     )
 
 

@@ -50,7 +50,7 @@ from dsbs.train.deepspeed_setup import (
     deepspeed_config,
     lr_lambda,
 )
-from dsbs.train.evaluate import chunks, padded_slice, reference_label
+from dsbs.train.evaluate import chunks, padded_slice, reference_label, teacher_accuracy
 from dsbs.train.examples import IGNORE_INDEX, Collator, Example, length_grouped
 from dsbs.train.flops import peak_tflops, token_rows, train_flops
 from dsbs.train.loss import Losses, multitask_loss, to_device
@@ -193,7 +193,10 @@ def run_training(spec: LoopSpec, data: TrainData, checkpoints: CheckpointStore) 
             if state.step >= train.max_steps:
                 break
             started = time.perf_counter()
-    test = evaluator.run(data.examples("test"), state.step, "test")
+    tests = data.examples("test")
+    test = evaluator.run(tests, state.step, "test")
+    # The teacher scored on the same rows, so the report compares like with like.
+    test["teacher_accuracy"] = teacher_accuracy(tests, spec.task)
     _export(engine, tokenizer, train, student, spec, state, rank)
     if rank == 0:
         _write_metrics(spec, state, test)

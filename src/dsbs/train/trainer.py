@@ -48,7 +48,7 @@ READ_TASKS = 2
 """Concurrent read tasks per copy of the training rows: a shard read (10,000 rows) takes a
 fraction of a second, and two keep any number of workers fed while one starts."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped when the training output changes shape, so old checkpoints are not resumed into."""
 
 # Settings that change how a run executes but not what it learns stay out of the hash, so a
@@ -75,6 +75,8 @@ class TrainSummary:
     examples_per_s: float
     wall_time_s: float
     already_done: bool = False
+    teacher_test_accuracy: float | None = None
+    """The teacher's labels scored on the same test rows; None when they have none."""
 
     def line(self) -> str:
         """The summary line printed at the end."""
@@ -88,7 +90,8 @@ class TrainSummary:
             f"train{done}: {self.rows['train']} train / {self.rows['valid']} valid / "
             f"{self.rows['test']} test rows, skipped: {skipped}; {self.steps} steps; "
             f"label_loss {fmt(self.label_loss)}, rationale_loss {fmt(self.rationale_loss)}; "
-            f"accuracy valid {fmt(self.valid_accuracy)}, test {fmt(self.test_accuracy)}; "
+            f"accuracy valid {fmt(self.valid_accuracy)}, test {fmt(self.test_accuracy)} "
+            f"(teacher on the same test rows {fmt(self.teacher_test_accuracy)}); "
             f"{self.examples_per_s:.1f} examples/s; {self.wall_time_s:.1f} s -> {self.output}"
         )
 
@@ -341,6 +344,7 @@ def _summary(
         rationale_loss=train_row.get("rationale_loss"),
         valid_accuracy=valid_row.get("label_accuracy"),
         test_accuracy=test_row.get("label_accuracy"),
+        teacher_test_accuracy=test_row.get("teacher_accuracy"),
         examples_per_s=metrics["examples_per_s"],
         wall_time_s=wall,
         already_done=already_done,
