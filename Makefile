@@ -36,9 +36,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 # The embedded default end to end: synthetic arithmetic -> SmolLM2 teacher (vLLM CPU) ->
-# tiny T5 (DeepSpeed ZeRO-2, 2 Ray Train workers) -> report -> serve smoke test.
+# 1.8M-parameter T5 (DeepSpeed ZeRO-2, 2 Ray Train workers) -> report -> serve smoke test.
 demo: setup
-	$(BIN)/dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
+	$(BIN)/dsbs data synth --task arithmetic --max-ops 1 --n 720 --seed 0 --out runs/demo/synth.jsonl
 	$(BIN)/dsbs run --config configs/local-demo.yaml
 
 # The measured comparisons of BENCHMARKS.md (tens of minutes on 2 cores; results print as JSON).

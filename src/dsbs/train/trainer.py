@@ -211,29 +211,26 @@ def train_student(
 def ray_dataset(manifest: SplitManifest, train: TrainConfig) -> Any:
     """The training rows as a Ray Data dataset that reads the shards as it streams.
 
-    A pass holds the rows pass_copies times; each copy reads the shards again in its own order
-    (nothing is copied in memory) and workers shuffle further through a local buffer
-    (train.shuffle_buffer_rows). The read tasks ask for train.data_cpus: Ray Data's own
-    parquet reader lists files in a task that asks for a whole CPU, which never runs where
-    every CPU trains.
+    A pass holds the rows pass_copies times, read again in a shuffled block order (nothing is
+    copied in memory), and workers shuffle further through a local buffer
+    (train.shuffle_buffer_rows). One read operator serves every copy: an operator per copy
+    would keep READ_TASKS worker processes each (a small dataset has tens of copies, and each
+    process imports torch before it reads: over a minute before the first step on 2 CPUs).
+    The read tasks ask for train.data_cpus: Ray Data's own parquet reader lists files in a
+    task that asks for a whole CPU, which never runs where every CPU trains.
     """
     import ray.data
 
-    files = manifest.files["train"]
-
-    def copy(seed: int) -> Any:
-        listing = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
-        return listing.randomize_block_order(seed=seed).map_batches(
-            read_shards,
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=train.data_cpus,
-            # Tasks that ask for no CPU are otherwise started all at once, a process each.
-            compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
-        )
-
-    copies = [copy(train.seed + i) for i in range(pass_copies(manifest.rows["train"], train))]
-    return copies[0].union(*copies[1:]) if len(copies) > 1 else copies[0]
+    files = manifest.files["train"] * pass_copies(manifest.rows["train"], train)
+    listing = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
+    return listing.randomize_block_order(seed=train.seed).map_batches(
+        read_shards,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=train.data_cpus,
+        # Tasks that ask for no CPU are otherwise started all at once, a process each.
+        compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
+    )
 
 
 def fit(
