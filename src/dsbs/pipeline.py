@@ -23,9 +23,14 @@ from dsbs.auth import STUDENT_TOKEN_ENV, bearer_header
 from dsbs.cluster import ensure_ray
 from dsbs.config import Config, dump_config
 from dsbs.generate import GenerateSummary, generate_rationales
+from dsbs.model_cache import fetch_folder
 from dsbs.report import write_report
 from dsbs.rundir import read_json
+from dsbs.serve.api import input_token_limit
+from dsbs.serve.backends import count_tokens
 from dsbs.serve.runner import start_serve, start_student, stop_student
+from dsbs.student.export import LABEL_PREFIX
+from dsbs.student.tokenizer import load_tokenizer
 from dsbs.tasks import get_task
 from dsbs.train.data import read_examples
 from dsbs.train.examples import Example
@@ -108,7 +113,7 @@ def run_pipeline(cfg: Config) -> RunSummary:
             raise FileNotFoundError(f"{trained.output}: training finished without metrics.json")
         history = _history(trained.output)
     with _timed(timings, "serve"):
-        questions = _smoke_examples(trained.output)
+        questions = _smoke_examples(trained.output, cfg)
         url = start_student(cfg.serve, run_dir, address)
         try:
             answers = _ask(url, questions, cfg.data.task)
@@ -164,18 +169,26 @@ def _history(train_out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _smoke_examples(train_out: str) -> list[Example]:
-    """The shortest held-out rows among the first of the test split (else valid, else train).
+def _smoke_examples(train_out: str, cfg: Config) -> list[Example]:
+    """The shortest rows the endpoint serves, held-out ones first (test, then valid, then train).
 
-    Held-out rows, so that the answers shown say something about the student; the shortest,
-    because the endpoint refuses any input longer than the student was trained on (training
-    cut such inputs; serving says so with a 422).
+    Held-out rows, so that the answers shown say something about the student; only rows that
+    fit, because the endpoint refuses any input longer than the student was trained on
+    (training cut such inputs; serving says so with a 422).
     """
     manifest = read_json(storage.join(train_out, "data", "manifest.json")) or {}
     files = manifest.get("files", {})
-    split = next((s for s in ("test", "valid", "train") if files.get(s)), None)
-    first = list(itertools.islice(read_examples(files[split]), 100)) if split else []
-    return sorted(first, key=lambda e: len(e.input))[:SMOKE_INPUTS]
+    tokenizer = load_tokenizer(fetch_folder(storage.join(train_out, "student")))
+    limit = input_token_limit(cfg.serve, cfg.student.max_input_length)
+    chosen: list[Example] = []
+    for split in ("test", "valid", "train"):
+        rows = list(itertools.islice(read_examples(files.get(split, [])), 100))
+        counts = count_tokens(tokenizer, [LABEL_PREFIX + e.input for e in rows])
+        fits = [e for e, n in zip(rows, counts, strict=True) if n <= limit]
+        chosen += sorted(fits, key=lambda e: len(e.input))[: SMOKE_INPUTS - len(chosen)]
+        if len(chosen) == SMOKE_INPUTS:
+            break
+    return chosen
 
 
 def _ask(url: str, examples: list[Example], task: str) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 
 import pytest
+from local_ray import local_ray
 from ports import free_port
 
 
@@ -13,25 +14,8 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     It starts after the test S3 server so that its workers inherit the S3 environment, as
     every pod of a KubeRay cluster gets the same AWS variables from its Secret.
     """
-    import ray
-
-    # "local": a new cluster even where an earlier `ray start` left its address behind.
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    try:
+    with local_ray(2):
         yield
-    finally:
-        from ray import serve
-
-        # A deployment handle used from this process (the generate stage asks the teacher
-        # replica for its dtype) keeps threads that would start Ray again after shutdown.
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

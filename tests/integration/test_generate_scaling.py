@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from local_ray import local_ray
 
 from dsbs import storage
 from dsbs.config import load_config
@@ -27,22 +28,8 @@ ROWS = 32
 @pytest.fixture(scope="module")
 def three_cpus() -> Iterator[None]:
     """A local Ray with room for two 1-CPU teacher replicas and the stage's light tasks."""
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=3,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    try:
+    with local_ray(3):
         yield
-    finally:
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _watch_replicas(seen: dict[str, int], stop: threading.Event) -> None:
