@@ -14,37 +14,11 @@ metric: equal values) every `--every` steps, with one decoded answer.
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-
-
-def _tokenizer(texts: list[str], vocab: int, split_digits: bool):
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
-
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=buffer,
-        vocab_size=vocab,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        hard_vocab_limit=False,
-        minloglevel=2,
-        split_digits=split_digits,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "spiece.model").write_bytes(buffer.getvalue())
-        return T5Tokenizer.from_pretrained(tmp, extra_ids=0)
 
 
 def main() -> None:
@@ -54,6 +28,7 @@ def main() -> None:
     from dsbs.data.synth import synth_arithmetic
     from dsbs.student.decode import generate_texts
     from dsbs.student.presets import PRESETS, build_config
+    from dsbs.student.tokenizer import train_tokenizer
     from dsbs.tasks import get_task
     from dsbs.train.examples import Collator
 
@@ -81,7 +56,8 @@ def main() -> None:
     cut = max(40, len(records) // 5)
     valid, train = records[:cut], records[cut:]
     texts = [t for r in train for t in (r.input, r.label, r.rationale) if t]
-    tok = _tokenizer(texts, a.vocab, bool(a.digits))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = train_tokenizer(texts, a.vocab, tmp, split_digits=bool(a.digits))
     PRESETS["probe"] = {
         "d_model": a.d_model,
         "d_ff": a.d_ff,

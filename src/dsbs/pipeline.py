@@ -24,7 +24,7 @@ from dsbs.cluster import ensure_ray
 from dsbs.config import Config, dump_config
 from dsbs.generate import GenerateSummary, generate_rationales
 from dsbs.model_cache import fetch_folder
-from dsbs.report import write_report
+from dsbs.report import percent, write_report
 from dsbs.rundir import read_json
 from dsbs.serve.api import input_token_limit
 from dsbs.serve.backends import count_tokens
@@ -61,13 +61,9 @@ class RunSummary:
             else f"serve it with: dsbs serve --model {student['export']}"
         )
         right = sum(bool(a.get("correct")) for a in self.answers)
-
-        def shown(accuracy: float | None) -> str:
-            return "n/a" if accuracy is None else f"{accuracy:.1%}"
-
         return (
-            f"run: student test accuracy {shown(student.get('test_accuracy'))} against the "
-            f"teacher's {shown(student.get('teacher_test_accuracy'))} on the same "
+            f"run: student test accuracy {percent(student.get('test_accuracy'))} against the "
+            f"teacher's {percent(student.get('teacher_test_accuracy'))} on the same "
             f"{student.get('test_rows', 0)} test rows after {student['steps']} steps; "
             f"smoke test over HTTP {right} of {len(self.answers)} right; {seconds:.0f} s; "
             f"report {self.report}; {serving}"

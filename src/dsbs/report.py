@@ -142,8 +142,9 @@ def _cell(value: Any) -> str:
     return html.escape(json.dumps(value) if isinstance(value, list) else str(value))
 
 
-def _percent(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+def percent(value: float | None) -> str:
+    """A share as a percentage with one decimal (`61.2%`), or `n/a`."""
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _headline(metrics: dict[str, Any]) -> str:
@@ -161,8 +162,8 @@ def _headline(metrics: dict[str, Any]) -> str:
         )
         for a in metrics.get("smoke_test", [])
     )
-    teacher = _percent(student.get("teacher_test_accuracy"))
-    learned = _percent(student.get("test_accuracy"))
+    teacher = percent(student.get("teacher_test_accuracy"))
+    learned = percent(student.get("test_accuracy"))
     return f"""<h2>Teacher and student on the same {rows} held-out test rows</h2>
 <table>
 <tr><td>teacher (its labels in the generated data)</td><td>{teacher}</td></tr>

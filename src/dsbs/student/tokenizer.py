@@ -12,12 +12,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Any:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir: str | Path, split_digits: bool = False
+) -> Any:
     """Trains a SentencePiece unigram model on `texts` and saves a T5 tokenizer to `out_dir`.
 
     The ids follow T5's convention (pad 0, eos 1, unk 2, no bos), so a model built from a
     preset needs no remapping. A vocabulary larger than the text supports is shrunk to what
-    the text holds rather than failing, and the size used is logged.
+    the text holds rather than failing, and the size used is logged. `split_digits` makes
+    every digit its own piece (numbers are otherwise pieces of their own where frequent).
 
     Returns:
         The tokenizer (a transformers T5Tokenizer), also saved to `out_dir`.
@@ -39,6 +42,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
         # Small task corpora cannot always fill the asked vocabulary; take what they hold.
         hard_vocab_limit=False,
         minloglevel=2,
+        split_digits=split_digits,
     )
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "spiece.model").write_bytes(buffer.getvalue())

@@ -45,8 +45,8 @@ from dsbs.train.loop import LoopSpec, rank_checkpoint, run_training
 log = logging.getLogger(__name__)
 
 READ_TASKS = 2
-"""Concurrent read tasks per copy of the training rows: a shard read (10,000 rows) takes a
-fraction of a second, and two keep any number of workers fed while one starts."""
+"""Concurrent read tasks for the training rows: a shard read (10,000 rows) takes a fraction
+of a second, and two keep any number of workers fed while one starts."""
 
 SCHEMA_VERSION = 2
 """Bumped when the training output changes shape, so old checkpoints are not resumed into."""
