@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dsbs-installed
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format typecheck demo bench image gpu-wheels clean
+.PHONY: setup test test-fast lint format typecheck demo sweep bench image gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ format: setup
 demo: setup
 	$(BIN)/dsbs data synth --task arithmetic --max-ops 1 --n 720 --seed 0 --out runs/demo/synth.jsonl
 	$(BIN)/dsbs run --config configs/local-demo.yaml
+
+# The paper's accuracy-against-data comparison on the demo's task (12 trainings, about 80 min).
+sweep: setup
+	$(BIN)/dsbs data synth --task arithmetic --max-ops 1 --n 720 --seed 0 --out runs/demo/synth.jsonl
+	$(BIN)/dsbs sweep --config configs/local-demo.yaml
 
 # The measured comparisons of BENCHMARKS.md (tens of minutes on 2 cores; results print as JSON).
 bench: setup

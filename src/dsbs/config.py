@@ -353,6 +353,10 @@ class SweepConfig(_Section):
     """Training-set fractions (each sets train.subsample; subsamples nest, as in the paper)."""
     modes: list[TrainMode] = Field(default_factory=lambda: list(get_args(TrainMode)), min_length=1)
     """Training modes compared at every fraction."""
+    seeds: list[int] | None = Field(None, min_length=1)
+    """Seeds to repeat every training with (each sets train.seed: the split, the subsample,
+    the initial weights and the data order, so every mode of one seed sees the same rows);
+    None trains once with train.seed. The plot shows each point's mean over the seeds."""
 
 
 class Config(_Section):

@@ -24,7 +24,7 @@ from dsbs.cluster import ensure_ray
 from dsbs.config import Config, dump_config
 from dsbs.generate import GenerateSummary, generate_rationales
 from dsbs.model_cache import fetch_folder
-from dsbs.report import percent, write_report
+from dsbs.report import percent, sweep_means, write_report
 from dsbs.rundir import read_json
 from dsbs.serve.api import input_token_limit
 from dsbs.serve.backends import count_tokens
@@ -264,22 +264,30 @@ class SweepSummary:
     rows: list[dict[str, Any]]
 
     def line(self) -> str:
-        """The summary line printed at the end."""
-        best = max(
-            (r for r in self.rows if r["test_accuracy"] is not None),
-            key=lambda r: r["test_accuracy"],
-            default=None,
+        """The summary line printed at the end: each mode's mean test accuracy on all rows."""
+        means = sweep_means(self.rows)
+        top = max((fraction for _, fraction in means), default=None)
+        shown = ", ".join(
+            f"{mode} {percent(accuracy)}"
+            for (mode, fraction), accuracy in means.items()
+            if fraction == top
         )
-        shown = (
-            f"best {best['mode']} at {best['fraction']:.1%}: {best['test_accuracy']:.1%}"
-            if best
-            else "no test accuracy"
+        seeds = len({r["seed"] for r in self.rows})
+        teacher = [r["teacher_test_accuracy"] for r in self.rows]
+        teacher_shown = (
+            f"; teacher {percent(sum(teacher) / len(teacher))}"
+            if teacher and None not in teacher
+            else ""
         )
-        return f"sweep: {len(self.rows)} trainings; {shown}; report {self.report}"
+        return (
+            f"sweep: {len(self.rows)} trainings ({seeds} seed{'s' if seeds > 1 else ''}); "
+            f"test accuracy at {percent(top) if top else '-'} of the training rows: "
+            f"{shown or 'none'}{teacher_shown}; report {self.report}"
+        )
 
 
 def sweep_pipeline(cfg: Config) -> SweepSummary:
-    """Trains one student per (mode, training fraction) of `cfg.sweep` and plots accuracy.
+    """Trains one student per (mode, training fraction, seed) of `cfg.sweep`; plots accuracy.
 
     The rationales are generated once (unless `train.data` names records); every training
     has its own config hash, so a rerun skips the trainings that finished. Writes
@@ -290,23 +298,34 @@ def sweep_pipeline(cfg: Config) -> SweepSummary:
     if not cfg.train.data:
         log.info(generate_rationales(cfg.data, cfg.teacher, cfg.generate, run_dir, address).line())
     rows = []
-    for mode in cfg.sweep.modes:
-        for fraction in sorted(cfg.sweep.fractions):
-            train = cfg.train.model_copy(update={"mode": mode, "subsample": fraction})
-            log.info("== sweep: %s on %.1f%% of the training set", mode, 100 * fraction)
-            trained = train_student(train, cfg.student, cfg.data.task, run_dir, address)
-            log.info(trained.line())
-            rows.append(
-                {
-                    "mode": mode,
-                    "fraction": fraction,
-                    "train_rows": trained.rows["train"],
-                    "test_accuracy": trained.test_accuracy,
-                    "valid_accuracy": trained.valid_accuracy,
-                    "steps": trained.steps,
-                    "output": trained.output,
-                }
-            )
+    for seed in cfg.sweep.seeds or [cfg.train.seed]:
+        for mode in cfg.sweep.modes:
+            for fraction in sorted(cfg.sweep.fractions):
+                train = cfg.train.model_copy(
+                    update={"mode": mode, "subsample": fraction, "seed": seed}
+                )
+                log.info(
+                    "== sweep: %s on %.1f%% of the training set, seed %d",
+                    mode,
+                    100 * fraction,
+                    seed,
+                )
+                trained = train_student(train, cfg.student, cfg.data.task, run_dir, address)
+                log.info(trained.line())
+                rows.append(
+                    {
+                        "mode": mode,
+                        "fraction": fraction,
+                        "seed": seed,
+                        "train_rows": trained.rows["train"],
+                        "test_rows": trained.rows["test"],
+                        "test_accuracy": trained.test_accuracy,
+                        "teacher_test_accuracy": trained.teacher_test_accuracy,
+                        "valid_accuracy": trained.valid_accuracy,
+                        "steps": trained.steps,
+                        "output": trained.output,
+                    }
+                )
     report_dir = storage.join(run_dir, "report", "sweep")
     write_report(report_dir, {"sweep": rows}, [], dump_config(cfg), sweep=rows)
     return SweepSummary(storage.join(report_dir, "index.html"), rows)

@@ -104,23 +104,56 @@ def _accuracy_plot(history: Sequence[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+def sweep_means(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, float], float]:
+    """Mean test accuracy over seeds per (mode, fraction), in the sweep's order."""
+    sums: dict[tuple[str, float], list[float]] = {}
+    for row in rows:
+        if row["test_accuracy"] is not None:
+            sums.setdefault((row["mode"], row["fraction"]), []).append(row["test_accuracy"])
+    return {key: sum(values) / len(values) for key, values in sums.items()}
+
+
 def _sweep_plot(sweep: Sequence[dict[str, Any]]) -> bytes:
+    # The paper's figure: each mode's mean over seeds against the share of training rows,
+    # each seed's own result as a faint dot, and the teacher on the same rows as a line.
     fig, ax = _figure()
-    for mode in sorted({r["mode"] for r in sweep}):
-        rows = sorted(
-            (r for r in sweep if r["mode"] == mode and r.get("test_accuracy") is not None),
-            key=lambda r: r["fraction"],
-        )
+    means = sweep_means(sweep)
+    for index, mode in enumerate(dict.fromkeys(r["mode"] for r in sweep)):
+        color = f"C{index}"
+        points = sorted((f, a) for (m, f), a in means.items() if m == mode)
         ax.plot(
-            [100 * r["fraction"] for r in rows],
-            [100 * r["test_accuracy"] for r in rows],
+            [100 * f for f, _ in points],
+            [100 * a for _, a in points],
             "o-",
+            color=color,
             label=mode,
         )
+        seeds = [r for r in sweep if r["mode"] == mode and r.get("test_accuracy") is not None]
+        if len({r.get("seed") for r in seeds}) > 1:
+            ax.scatter(
+                [100 * r["fraction"] for r in seeds],
+                [100 * r["test_accuracy"] for r in seeds],
+                color=color,
+                alpha=0.3,
+                s=14,
+            )
+    teacher = [
+        r["teacher_test_accuracy"] for r in sweep if r.get("teacher_test_accuracy") is not None
+    ]
+    if teacher:
+        ax.axhline(
+            100 * sum(teacher) / len(teacher),
+            color="grey",
+            linestyle="--",
+            label="teacher (same test rows)",
+        )
+    seeds = len({r.get("seed") for r in sweep})
     ax.set(
         xlabel="training set used (%)",
         ylabel="test accuracy (%)",
-        title="Accuracy against training-set size",
+        title="Accuracy against training-set size"
+        + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+        ylim=(0, 100),
     )
     ax.legend()
     return _png(fig)

@@ -230,7 +230,8 @@ def test_sweep_trains_every_mode_at_every_fraction_and_plots_them(
     report = tmp_path / "runs" / "sweep" / "report" / "sweep"
     assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((report / "metrics.json").read_text())["sweep"]) == 4
-    assert summary.line().startswith("sweep: 4 trainings; best ")
+    assert summary.line().startswith("sweep: 4 trainings (1 seed); test accuracy at 100.0% ")
+    assert all(r["seed"] == 0 and r["test_rows"] > 0 for r in summary.rows)
     # Every training is its own config hash: a rerun finds them finished.
     started = time.monotonic()
     assert sweep_pipeline(cfg).rows == summary.rows

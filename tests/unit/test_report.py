@@ -2,7 +2,9 @@
 
 import json
 
-from dsbs.report import write_report
+import pytest
+
+from dsbs.report import sweep_means, write_report
 
 HISTORY = [
     {"split": "train", "step": 1, "label_loss": 3.0, "rationale_loss": 4.0},
@@ -51,3 +53,39 @@ def test_the_page_opens_with_teacher_and_student_on_the_same_test_rows(tmp_path)
     assert "same 40 held-out test rows" in head
     assert "15.0%" in head and "60.0%" in head and "gold labels and the teacher" in head
     assert "1 + &lt;2&gt;?" in head and "right" in head
+
+
+def test_sweep_means_average_each_mode_and_fraction_over_seeds_and_the_plot_draws_them(tmp_path):
+    from dsbs.pipeline import SweepSummary
+
+    def row(mode, fraction, seed, accuracy):
+        return {
+            "mode": mode,
+            "fraction": fraction,
+            "seed": seed,
+            "test_accuracy": accuracy,
+            "teacher_test_accuracy": 0.1,
+        }
+
+    sweep = [
+        row("standard_finetune", 0.5, 0, 0.2),
+        row("standard_finetune", 1.0, 0, 0.4),
+        row("distill_step_by_step", 1.0, 0, 0.5),
+        row("standard_finetune", 0.5, 1, 0.3),
+        row("standard_finetune", 1.0, 1, 0.6),
+        row("distill_step_by_step", 1.0, 1, None),  # a training without a test split
+    ]
+    assert sweep_means(sweep) == pytest.approx(
+        {
+            ("standard_finetune", 0.5): 0.25,
+            ("standard_finetune", 1.0): 0.5,
+            ("distill_step_by_step", 1.0): 0.5,
+        }
+    )
+    line = SweepSummary("r/index.html", sweep).line()
+    assert line == (
+        "sweep: 6 trainings (2 seeds); test accuracy at 100.0% of the training rows: "
+        "standard_finetune 50.0%, distill_step_by_step 50.0%; teacher 10.0%; report r/index.html"
+    )
+    write_report(str(tmp_path), {}, [], "", sweep)
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
