@@ -28,6 +28,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python k8s/render.py --check
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.gpu
 

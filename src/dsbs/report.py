@@ -128,11 +128,11 @@ def _sweep_plot(sweep: Sequence[dict[str, Any]]) -> bytes:
             color=color,
             label=mode,
         )
-        seeds = [r for r in sweep if r["mode"] == mode and r.get("test_accuracy") is not None]
-        if len({r.get("seed") for r in seeds}) > 1:
+        seeded = [r for r in sweep if r["mode"] == mode and r.get("test_accuracy") is not None]
+        if len({r.get("seed") for r in seeded}) > 1:
             ax.scatter(
-                [100 * r["fraction"] for r in seeds],
-                [100 * r["test_accuracy"] for r in seeds],
+                [100 * r["fraction"] for r in seeded],
+                [100 * r["test_accuracy"] for r in seeded],
                 color=color,
                 alpha=0.3,
                 s=14,
