@@ -132,3 +132,31 @@ def test_a_run_names_the_papers_setting_it_trains_in():
     assert setting("train.mode=standard_distill") == (
         "standard distillation with teacher labels, no rationales"
     )
+
+
+def test_the_configs_name_literals_are_the_registries_keys():
+    """A task, preset or backend added to its registry is a valid config value, and only then."""
+    from typing import get_args
+
+    from dsbs.config import ServeConfig, StudentPreset, TaskName
+    from dsbs.serve.backends import BACKENDS
+    from dsbs.student.presets import PRESETS
+    from dsbs.tasks import TASKS
+
+    assert set(get_args(TaskName)) == set(TASKS)
+    assert set(get_args(StudentPreset)) == set(PRESETS)
+    assert set(get_args(ServeConfig.model_fields["backend"].annotation)) == set(BACKENDS)
+
+
+def test_the_student_serve_config_file_is_a_valid_serve_section():
+    """configs/serve/student.yaml lists only what differs from the defaults, and all of it valid."""
+    import yaml
+
+    from dsbs.config import ServeConfig
+
+    document = yaml.safe_load((REPO / "configs" / "serve" / "student.yaml").read_text())
+    args = document["applications"][0]["args"]
+    defaults = ServeConfig().model_dump()
+    cfg = ServeConfig.model_validate(args)
+    assert [key for key in args if args[key] == defaults[key]] == []
+    assert cfg.model and cfg.max_replicas > cfg.min_replicas

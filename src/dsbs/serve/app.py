@@ -47,6 +47,7 @@ APP_NAME = "dsbs-student"
 _INGRESS_MAX_ONGOING = 1024
 _INGRESS_CPUS = 0.1
 _WARMUP_INPUT = "warm up"
+_SERVE_DEFAULTS = ServeConfig.model_fields
 # Tries per request when a student replica dies under it.
 _ATTEMPTS = 3
 
@@ -153,9 +154,13 @@ class StudentPredictor:
         ]
         return PredictResponse(predictions=predictions, model=self.info.version)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(
+        max_batch_size=_SERVE_DEFAULTS["max_batch_size"].default,
+        batch_wait_timeout_s=_SERVE_DEFAULTS["batch_wait_timeout_s"].default,
+    )
     async def _decode(self, texts: list[str]) -> list[str]:
-        # Sizes are replaced from config in __init__; the decorator needs literal defaults.
+        # The decorator is evaluated at import, before any config exists: it takes the config's
+        # defaults, and __init__ sets this replica's configured sizes.
         self.batch_sizes.observe(len(texts))
         # Decoded on the event loop, not in a thread: HF generate holds the GIL most of the
         # time, and a loop starved of it admits new requests so slowly that batches stay
