@@ -155,7 +155,7 @@ def test_evaluation_reduces_on_the_engines_device(monkeypatch):
     """
     import torch.distributed as dist
 
-    from dsbs.train import loop
+    from dsbs.train import evaluate
 
     seen = []
 
@@ -171,7 +171,7 @@ def test_evaluation_reduces_on_the_engines_device(monkeypatch):
 
     monkeypatch.setattr(dist, "all_reduce", record)
     train = TrainConfig()
-    evaluator = loop._Evaluator(Engine(), None, None, train, None, "svamp", rank=0, world=1)
+    evaluator = evaluate.Evaluator(Engine(), None, None, train, None, "svamp", rank=0, world=1)
     with pytest.raises(_Recorded):
         evaluator.run([], step=1, split="valid")
     assert seen == [torch.device("meta")]
@@ -181,7 +181,7 @@ def test_all_reduce_sums_over_a_real_process_group():
     import torch.distributed as dist
     from ports import free_port
 
-    from dsbs.train.loop import all_reduce_sums
+    from dsbs.train.evaluate import all_reduce_sums
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
@@ -198,7 +198,7 @@ def test_all_reduce_sums_under_nccl():
     import torch.distributed as dist
     from ports import free_port
 
-    from dsbs.train.loop import all_reduce_sums
+    from dsbs.train.evaluate import all_reduce_sums
 
     dist.init_process_group(
         "nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
@@ -237,3 +237,26 @@ def test_the_logged_step_loss_is_the_mean_over_micro_batches_and_ranks():
         assert step.reduce(torch.device("cpu")) == {"loss": 2.0, "label_loss": 2.0}
     finally:
         dist.destroy_process_group()
+
+
+def test_one_reference_label_and_named_sums_give_the_evaluation_metrics():
+    """Training and `dsbs evaluate` score against one reference: gold, else the teacher's."""
+    from dsbs.train.evaluate import EvalSums, reference_label
+
+    assert reference_label("7", "8") == "7"
+    assert reference_label("", "8") == reference_label(None, "8") == "8"
+    assert reference_label(None, None) == ""
+    sums = EvalSums()
+    sums.add_loss("label", 2.0, 10)
+    sums.add_loss("label", 1.0, 30)
+    sums.add_loss("rationale", 3.0, 5)
+    sums.correct, sums.scored = 3, 4
+    assert sums.metrics("valid", 7) == {
+        "split": "valid",
+        "step": 7,
+        "rows": 4,
+        "label_loss": 1.25,
+        "rationale_loss": 3.0,
+        "label_accuracy": 0.75,
+    }
+    assert EvalSums().metrics("test", 1) == {"split": "test", "step": 1, "rows": 0}

@@ -33,9 +33,7 @@ from dsbs import storage
 from dsbs.config import StudentConfig, TrainConfig
 from dsbs.model_cache import fetch_folder
 from dsbs.rundir import write_json
-from dsbs.student.decode import generate_texts
 from dsbs.student.export import (
-    LABEL_PREFIX,
     RATIONALE_PREFIX,
     StudentInfo,
     gathered_shards,
@@ -43,15 +41,14 @@ from dsbs.student.export import (
 )
 from dsbs.student.model import build_student
 from dsbs.student.tokenizer import load_tokenizer
-from dsbs.tasks import get_task
 from dsbs.train.deepspeed_setup import (
     apply_activation_checkpointing,
     build_optimizer,
     deepspeed_config,
     lr_lambda,
 )
-from dsbs.train.evaluate import chunks, padded_slice, reference_label, teacher_accuracy
-from dsbs.train.examples import IGNORE_INDEX, Collator, Example, length_grouped
+from dsbs.train.evaluate import Evaluator, all_reduce_sums, teacher_accuracy
+from dsbs.train.examples import Collator, Example, length_grouped
 from dsbs.train.flops import peak_tflops, token_rows, train_flops
 from dsbs.train.loss import Losses, multitask_loss, to_device
 
@@ -154,7 +151,7 @@ def run_training(spec: LoopSpec, data: TrainData, checkpoints: CheckpointStore) 
     eval_collator = Collator(
         tokenizer, student.max_input_length, student.max_target_length, rationale
     )
-    evaluator = _Evaluator(engine, tokenizer, eval_collator, train, student, spec.task, rank, world)
+    evaluator = Evaluator(engine, tokenizer, eval_collator, train, student, spec.task, rank, world)
     valid = data.examples("valid")[: train.eval_max_rows]
     rows_per_step = train.micro_batch_size * train.grad_accum_steps * world
     peak = peak_tflops(torch.cuda.get_device_name()) if train.use_gpu else None
@@ -454,94 +451,6 @@ class StepLoss:
         if with_rationale:
             out["rationale_loss"] = rationale / with_rationale
         return out
-
-
-def all_reduce_sums(values: list[float], device: Any) -> list[float]:
-    """Sums `values` over all ranks, on `device`.
-
-    That is the engine's device: NCCL (the GPU process group) refuses CPU tensors, which gloo
-    (the CPU one) takes, so a CPU tensor here passes every CPU test and kills every GPU run.
-    """
-    import torch.distributed as dist
-
-    totals = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(totals)
-    return [float(v) for v in totals.cpu()]
-
-
-class _Evaluator:
-    """Validation and test: loss per task (token-weighted) and label accuracy, across ranks."""
-
-    def __init__(
-        self,
-        engine: Any,
-        tokenizer: Any,
-        collator: Collator,
-        train: TrainConfig,
-        student: StudentConfig,
-        task: str,
-        rank: int,
-        world: int,
-    ) -> None:
-        self.engine, self.tokenizer, self.collator = engine, tokenizer, collator
-        self.train, self.student, self.task = train, student, get_task(task)
-        self.rank, self.world = rank, world
-
-    @torch.no_grad()
-    def run(self, examples: list[Example], step: int, split: str) -> dict[str, Any]:
-        """Metrics of one pass over `examples` (every rank calls this with the same list)."""
-        self.engine.eval()
-        rows, real = padded_slice(examples, self.rank, self.world)
-        # label loss sum, label tokens, rationale loss sum, rationale tokens, correct, scored
-        sums = [0.0] * 6
-        for offset, batch in zip(
-            range(0, len(rows), self.train.eval_batch_size),
-            chunks(rows, self.train.eval_batch_size),
-            strict=True,
-        ):
-            n_real = max(0, min(len(batch), real - offset))
-            tensors = to_device(
-                self.collator(
-                    {k: [getattr(e, k) for e in batch] for k in ("input", "label", "rationale")}
-                ),
-                self.engine.device,
-            )
-            for t, task in enumerate(("label", "rationale")):
-                if task not in tensors:
-                    continue
-                part = tensors[task]
-                # Pad rows count for nothing; nor, in the rationale loss, rows without a
-                # rationale (a test set scored on gold labels has none).
-                counted = [
-                    i < n_real and (task == "label" or bool(e.rationale))
-                    for i, e in enumerate(batch)
-                ]
-                part["labels"][~torch.tensor(counted, device=part["labels"].device)] = IGNORE_INDEX
-                tokens = int((part["labels"] != IGNORE_INDEX).sum())
-                loss = self.engine(**part).loss
-                if tokens:
-                    sums[2 * t] += float(loss) * tokens
-                    sums[2 * t + 1] += tokens
-            predictions = generate_texts(
-                self.engine.module,
-                self.tokenizer,
-                [LABEL_PREFIX + e.input for e in batch],
-                self.student.max_input_length,
-                self.student.max_target_length,
-                synced_gpus=self.train.zero_stage == 3 and self.world > 1,
-            )
-            pairs = list(zip(predictions[:n_real], batch[:n_real], strict=True))
-            sums[4] += sum(self.task.is_correct(p, reference_label(e)) for p, e in pairs)
-            sums[5] += n_real
-        sums = all_reduce_sums(sums, self.engine.device)
-        metrics: dict[str, Any] = {"split": split, "step": step, "rows": int(sums[5])}
-        if sums[1]:
-            metrics["label_loss"] = float(sums[0] / sums[1])
-        if sums[3]:
-            metrics["rationale_loss"] = float(sums[2] / sums[3])
-        if sums[5]:
-            metrics["label_accuracy"] = float(sums[4] / sums[5])
-        return metrics
 
 
 def _export(
