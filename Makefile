@@ -42,7 +42,7 @@ demo: setup
 	$(BIN)/dsbs data synth --task arithmetic --max-ops 1 --n 720 --seed 0 --out runs/demo/synth.jsonl
 	$(BIN)/dsbs run --config configs/local-demo.yaml
 
-# The paper's accuracy-against-data comparison on the demo's task (12 trainings, about 80 min).
+# The paper's accuracy-against-data comparison on the demo's task (12 trainings, about an hour on 2 cores).
 sweep: setup
 	$(BIN)/dsbs data synth --task arithmetic --max-ops 1 --n 720 --seed 0 --out runs/demo/synth.jsonl
 	$(BIN)/dsbs sweep --config configs/local-demo.yaml
