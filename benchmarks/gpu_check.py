@@ -46,7 +46,12 @@ def _core(zero: int, work: Path, gpu: bool) -> dict:
     from dsbs.rundir import read_json
     from dsbs.student.tokenizer import train_tokenizer
     from dsbs.train.data import ParquetShards, tokenizer_texts, write_splits
-    from dsbs.train.loop import FolderCheckpoints, LoopSpec, init_process_group, run_training
+    from dsbs.train.loop import (
+        FolderCheckpoints,
+        LoopSpec,
+        init_process_group,
+        run_training,
+    )
 
     out = work / f"zero{zero}"
     source = work / "synth.jsonl"
@@ -131,6 +136,8 @@ def _mfu(preset: str, zero: int, micro_batch: int, extra: list[str]) -> dict:
 
 
 def main() -> int:
+    from dsbs.train.loop import leave_process_group
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-mfu", action="store_true", help="only the core checks")
     parser.add_argument("--cpu", action="store_true", help="a smoke test of this script")
@@ -159,6 +166,7 @@ def main() -> int:
             result["wall_s"] = round(time.perf_counter() - started, 1)
             failures += not result["ok"]
             print(json.dumps({"check": name, **result}), flush=True)
+    leave_process_group()  # the core checks share one process group (DeepSpeed keeps it)
     return failures
 
 

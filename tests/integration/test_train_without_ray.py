@@ -36,17 +36,20 @@ def _rank(rank: int, world: int, port: int, spec: LoopSpec) -> None:
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
     )
-    import torch.distributed as dist
-
     from dsbs.train.data import ParquetShards, SplitManifest
-    from dsbs.train.loop import FolderCheckpoints, init_process_group, run_training
+    from dsbs.train.loop import (
+        FolderCheckpoints,
+        init_process_group,
+        leave_process_group,
+        run_training,
+    )
 
     init_process_group(use_gpu=spec.train.use_gpu)
     manifest = SplitManifest(**json.loads(storage.read_bytes(f"{spec.out_dir}/data/manifest.json")))
     data = ParquetShards(manifest, spec.train, rank, world)
     checkpoints = FolderCheckpoints(storage.join(spec.out_dir, "checkpoints"), rank)
     run_training(spec, data, checkpoints)
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def _spec(tmp_path, name: str, **train: object) -> LoopSpec:
