@@ -4,7 +4,7 @@
     python benchmarks/train_mfu.py --preset t5-v1_1-large --zero 2 --micro-batch 32
     python benchmarks/train_mfu.py --preset t5-v1_1-xl --zero 3 --micro-batch 16 \
         --activation-checkpointing
-    # a smoke run on CPU (what the tests and this machine can check)
+    # a smoke run on CPU (checks the script itself, not a measurement)
     .venv/bin/python benchmarks/train_mfu.py --preset t5-tiny --device cpu --steps 6 --warmup 2
 
 It runs the training loop's own pieces, `deepspeed_config` and `multitask_loss`, in one process

@@ -5,9 +5,9 @@ One deployment (`TeacherServer`) wraps one engine per replica. The generate stag
 `import_path: dsbs.generate.deployment:build_app`), it also answers `/v1/completions`,
 `/v1/chat/completions` and `/v1/models`, so other clusters can use it as an `openai` teacher.
 
-Why not `ray.serve.llm`: on the 2-core CPU machines this project is verified on,
-`build_openai_app` with vLLM's CPU build started the engine and then hung without answering
-(ENVIRONMENT.md), while this hand-written deployment around `AsyncLLM` answers at once.
+Why not `ray.serve.llm`: with vLLM's CPU build, `build_openai_app` started the engine and then
+hung without answering, while this deployment around `AsyncLLM` answers at once; it also keeps
+the engine's arguments and the OpenAI routes under dsbs's own config and tests.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from dsbs.teachers.models import resolve_model
 
 log = logging.getLogger(__name__)
 
-# KV cache for the CPU build, in GiB; vLLM's CPU default (4 GiB) is too much for 2-core,
-# 24 GiB machines running several replicas and workers.
+# KV cache for the CPU build, in GiB: vLLM's CPU default (4 GiB) per replica leaves too little
+# memory for the training workers and Serve replicas that share a CPU node with it.
 CPU_KV_CACHE_GIB = "2"
 # On the CPU build `gpu_memory_utilization` is the share of the NUMA node's memory vLLM insists
 # is free at start-up (0.9 by default); the KV cache is sized by VLLM_CPU_KVCACHE_SPACE anyway,
