@@ -366,8 +366,15 @@ def _serve_config(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def teacher_serve_config() -> str:
-    """The standalone teacher's Serve config: the deployment builder reads the dsbs config."""
+def teacher_serve_config(profile: Profile) -> str:
+    """The standalone teacher's Serve config, with the profile's own teacher.
+
+    `args` is the `teacher` section of the profile's dsbs config (the keys that differ from the
+    defaults), so the long-lived teacher is the one the profile's generate job deploys.
+    """
+    from dsbs.config import Config
+
+    teacher = Config.model_validate(_overlay_tree(profile)).teacher
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": 8000},
@@ -376,7 +383,7 @@ def teacher_serve_config() -> str:
                 "name": "dsbs-teacher",
                 "route_prefix": "/",
                 "import_path": "dsbs.generate.deployment:build_app",
-                "args": {"config": f"{CONFIG_MOUNT}/dsbs.yaml"},
+                "args": teacher.model_dump(mode="json", exclude_defaults=True),
             }
         ],
     }
@@ -435,7 +442,7 @@ def base_objects(profile: Profile) -> dict[str, dict[str, Any]]:
         "kind": "RayService",
         "metadata": _meta("dsbs-teacher", "teacher"),
         "spec": {
-            "serveConfigV2": teacher_serve_config(),
+            "serveConfigV2": teacher_serve_config(profile),
             "rayClusterConfig": cluster_spec(profile.head, (profile.teacher_workers,)),
         },
     }
@@ -532,13 +539,23 @@ def overlay_patches(profile: Profile) -> list[dict[str, Any]]:
                 "value": service["workerGroupSpecs"],
             },
         ]
+        own = teacher_serve_config(profile)
+        if name == "dsbs-teacher" and own != teacher_serve_config(BASE):
+            # The teacher serves the overlay's own teacher section.
+            ops.append(
+                {
+                    "op": "replace",
+                    "path": "/spec/serveConfigV2",
+                    "value": own,
+                }
+            )
         target = {"group": "ray.io", "version": "v1", "kind": "RayService", "name": name}
         patches.append({"target": target, "ops": ops})
     return patches
 
 
-def overlay_config(profile: Profile) -> str:
-    """The overlay's dsbs config: the named config file with the cluster's overrides applied."""
+def _overlay_tree(profile: Profile) -> dict[str, Any]:
+    """The profile's config file as a tree, with the cluster's overrides applied."""
     tree = yaml.safe_load((ROOT / profile.config).read_text(encoding="utf-8"))
     for dotted, value in profile.config_overrides.items():
         node = tree
@@ -546,6 +563,12 @@ def overlay_config(profile: Profile) -> str:
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+    return tree
+
+
+def overlay_config(profile: Profile) -> str:
+    """The overlay's dsbs config: the named config file with the cluster's overrides applied."""
+    tree = _overlay_tree(profile)
     changes = "".join(f"#   {key}={value}\n" for key, value in profile.config_overrides.items())
     head = f"# {profile.config} with:\n{changes}"
     return HEADER + head + yaml.safe_dump(tree, sort_keys=False)

@@ -55,7 +55,12 @@ def _generate(args: argparse.Namespace) -> str:
 
     cfg = _on_cluster(args)
     summary = generate_rationales(
-        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, cfg.pipeline.ray_address
+        cfg.data,
+        cfg.teacher,
+        cfg.generate,
+        cfg.pipeline.run_dir,
+        cfg.pipeline.ray_address,
+        serve_http=cfg.serve,
     )
     return summary.line()
 

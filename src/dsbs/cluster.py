@@ -23,6 +23,23 @@ def ensure_ray(address: str | None = None) -> None:
     log.info("ray: %s", ray.cluster_resources())
 
 
+def start_serve(host: str, port: int) -> str:
+    """Starts Ray Serve on the joined cluster, its HTTP proxy at host:port; returns its base URL.
+
+    Serve's HTTP address is fixed when Serve first starts on a cluster, and deploying an app
+    starts Serve on Ray's defaults when nothing did. So every dsbs stage (generate, serve and
+    the pipeline) starts Serve here, at the `serve` section's host and port, before it deploys.
+    Where Serve already runs (a RayService, another job) it is kept as it is, and Ray logs which
+    HTTP settings differ and are ignored.
+    """
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port})
+    # A bind-all address is reached on the loopback (compared here, not bound).
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    return f"http://{reach}:{port}"
+
+
 def joins_existing_cluster(address: str | None = None) -> bool:
     """Whether `ensure_ray` would join a running cluster (a job's, or a given address)."""
     return bool(address or os.environ.get("RAY_ADDRESS"))

@@ -28,7 +28,7 @@ from dsbs.report import percent, sweep_means, write_report
 from dsbs.rundir import read_json
 from dsbs.serve.api import input_token_limit
 from dsbs.serve.backends import count_tokens
-from dsbs.serve.runner import start_serve, start_student, stop_student
+from dsbs.serve.runner import start_student, stop_student
 from dsbs.student.export import LABEL_PREFIX
 from dsbs.student.tokenizer import load_tokenizer
 from dsbs.tasks import get_task
@@ -91,12 +91,11 @@ def run_pipeline(cfg: Config) -> RunSummary:
     """
     run_dir, address = cfg.pipeline.run_dir, cfg.pipeline.ray_address
     ensure_ray(address)
-    # Serve's proxy address is fixed by whoever starts Serve first: the teacher (generate)
-    # would start it on Serve's defaults, so start it where the student should answer.
-    start_serve(cfg.serve)
     timings: dict[str, float] = {}
     with _timed(timings, "generate"):
-        generated = generate_rationales(cfg.data, cfg.teacher, cfg.generate, run_dir, address)
+        generated = generate_rationales(
+            cfg.data, cfg.teacher, cfg.generate, run_dir, address, serve_http=cfg.serve
+        )
         log.info(generated.line())
     with _timed(timings, "train"):
         trained = train_student(cfg.train, cfg.student, cfg.data.task, run_dir, address)
@@ -296,7 +295,10 @@ def sweep_pipeline(cfg: Config) -> SweepSummary:
     run_dir, address = cfg.pipeline.run_dir, cfg.pipeline.ray_address
     ensure_ray(address)
     if not cfg.train.data:
-        log.info(generate_rationales(cfg.data, cfg.teacher, cfg.generate, run_dir, address).line())
+        generated = generate_rationales(
+            cfg.data, cfg.teacher, cfg.generate, run_dir, address, serve_http=cfg.serve
+        )
+        log.info(generated.line())
     rows = []
     for seed in cfg.sweep.seeds or [cfg.train.seed]:
         for mode in cfg.sweep.modes:

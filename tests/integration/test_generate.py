@@ -19,6 +19,7 @@ import pytest
 from ports import free_port
 
 from dsbs import storage
+from dsbs.cluster import start_serve
 from dsbs.config import load_config
 from dsbs.data.synth import synth
 from dsbs.generate import generate_rationales
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 ROWS = 24
+HTTP_PORT = free_port()
+"""Serve's HTTP proxy for this module's cluster (never Serve's default 8000, which may be taken)."""
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,7 @@ def ray_head():
     )
     address = f"127.0.0.1:{port}"
     ray.init(address=address, log_to_driver=False)
+    start_serve("127.0.0.1", HTTP_PORT)
     try:
         yield address
     finally:
@@ -85,6 +89,7 @@ def _config(tmp_path: Path, name: str, address: str, extra: tuple[str, ...] = ()
         "generate.shard_rows=4",
         "generate.max_in_flight=8",
         "generate.max_error_fraction=0.1",
+        f"serve.port={HTTP_PORT}",
         *extra,
     ]
     return load_config(None, overrides), overrides
@@ -128,7 +133,7 @@ def _assert_exactly_once(cfg, rows: int = ROWS) -> tuple[list[str], list[dict]]:
 def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, tmp_path):
     cfg, _ = _config(tmp_path, "e2e", ray_head)
     summary = generate_rationales(
-        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head
+        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head, serve_http=cfg.serve
     )
     data, _ = _assert_exactly_once(cfg)
     assert summary.teacher_calls == ROWS and summary.rows_in == ROWS + 2
@@ -151,7 +156,9 @@ def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, t
     record = read_records(storage.join(_out_dir(cfg), "data"))[0]
     assert record.teacher_raw and record.meta["teacher_tokens"]["output_tokens"] > 0
 
-    again = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
+    again = generate_rationales(
+        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head, serve_http=cfg.serve
+    )
     assert again.teacher_calls == 0 and again.skipped == ROWS and again.written == summary.written
     _assert_exactly_once(cfg)
 
@@ -178,7 +185,7 @@ def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
     assert done_before < rows, "the job finished before it could be killed; use more rows"
 
     summary = generate_rationales(
-        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head
+        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head, serve_http=cfg.serve
     )
     assert summary.teacher_calls == rows - done_before  # only the missing ones
     assert summary.skipped == done_before
@@ -208,7 +215,12 @@ def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
     def run() -> None:
         try:
             result["summary"] = generate_rationales(
-                cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head
+                cfg.data,
+                cfg.teacher,
+                cfg.generate,
+                cfg.pipeline.run_dir,
+                ray_head,
+                serve_http=cfg.serve,
             )
         except BaseException as err:  # surfaced by the assertion below
             result["error"] = err
@@ -242,7 +254,9 @@ def test_the_teacher_app_answers_openai_routes_over_http(ray_head, tmp_path):
     def call(path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            f"http://127.0.0.1:8000{path}", data=data, headers={"Content-Type": "application/json"}
+            f"http://127.0.0.1:{HTTP_PORT}{path}",
+            data=data,
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())
@@ -325,7 +339,14 @@ def test_a_teacher_no_node_can_hold_fails_after_the_startup_timeout(ray_head, tm
     cfg, _ = _config(tmp_path, "unplaceable", ray_head, extra)
     started = time.monotonic()
     with pytest.raises(GenerationError) as caught:
-        generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head)
+        generate_rationales(
+            cfg.data,
+            cfg.teacher,
+            cfg.generate,
+            cfg.pipeline.run_dir,
+            ray_head,
+            serve_http=cfg.serve,
+        )
     assert time.monotonic() - started < 120
     message = str(caught.value)
     assert "teacher.startup_timeout_s=8" in message

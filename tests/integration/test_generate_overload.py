@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle
 import slow_teacher
+from ports import free_port
 
 from dsbs import storage
 from dsbs.config import load_config
@@ -50,12 +51,18 @@ def _run(tmp_path: Path, name: str, timeout_s: float):
             "teacher.max_retries=2",
             "generate.max_in_flight=24",
             "generate.shard_rows=16",
+            f"serve.port={free_port()}",  # not Serve's default 8000
         ],
     )
     log = str(tmp_path / f"{name}-engine.log")
     loader = functools.partial(slow_teacher.make_engine, log=log, step_s=0.01, per_request_s=0.02)
     summary = generate_rationales(
-        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, teacher_loader=loader
+        cfg.data,
+        cfg.teacher,
+        cfg.generate,
+        cfg.pipeline.run_dir,
+        teacher_loader=loader,
+        serve_http=cfg.serve,
     )
     out = storage.join(
         cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate)

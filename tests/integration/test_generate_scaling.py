@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from local_ray import local_ray
+from ports import free_port
 
 from dsbs import storage
 from dsbs.config import load_config
@@ -65,6 +66,7 @@ def test_the_serve_controller_scales_the_teacher_to_max_replicas_during_a_run(
             "teacher.target_ongoing_requests=4",
             "teacher.upscale_delay_s=1",
             "generate.shard_rows=16",
+            f"serve.port={free_port()}",  # not Serve's default 8000
         ],
     )
     assert cfg.generate.max_in_flight is None  # the stage sizes the load from the teacher's
@@ -73,7 +75,9 @@ def test_the_serve_controller_scales_the_teacher_to_max_replicas_during_a_run(
     watcher.start()
     try:
         with caplog.at_level("INFO", logger="dsbs.generate.pipeline"):
-            summary = generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir)
+            summary = generate_rationales(
+                cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, serve_http=cfg.serve
+            )
     finally:
         stop.set()
         watcher.join(10)

@@ -235,7 +235,7 @@ def test_jobs_name_real_scripts_and_configs_that_load_after_the_mount(rendered, 
 
 
 def test_serve_import_paths_import_and_their_args_validate(rendered, tmp_path):
-    from dsbs.config import ServeConfig, load_config
+    from dsbs.config import ServeConfig, TeacherConfig, load_config
 
     for objects in rendered.values():
         configmap = next(o for o in objects if o["kind"] == "ConfigMap")
@@ -246,10 +246,10 @@ def test_serve_import_paths_import_and_their_args_validate(rendered, tmp_path):
                 if module == "dsbs.serve.app":
                     assert ServeConfig.model_validate(app["args"]).model
                 else:
-                    path = Path(app["args"]["config"])
-                    assert str(path.parent) == render.CONFIG_MOUNT
-                    (tmp_path / path.name).write_text(configmap["data"][path.name])
-                    assert load_config(tmp_path / path.name).teacher.model
+                    # The long-lived teacher is the one the overlay's jobs deploy.
+                    mounted = tmp_path / "dsbs.yaml"
+                    mounted.write_text(configmap["data"]["dsbs.yaml"])
+                    assert TeacherConfig.model_validate(app["args"]) == load_config(mounted).teacher
 
 
 def _dockerfile_args(name: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from dsbs.auth import TEACHER_TOKEN_ENV, add_bearer_auth
-from dsbs.config import TeacherConfig, load_config
+from dsbs.config import TeacherConfig
 from dsbs.precision import dtype_choice
 from dsbs.teachers.base import (
     Sampling,
@@ -430,10 +430,11 @@ def teacher_app(
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve application builder for a long-lived teacher (RayService `serveConfigV2`).
+    """Serve's `import_path` entry for a long-lived teacher (a RayService's `serveConfigV2`).
 
-    Args:
-        args: `config` (a dsbs YAML file) and optional `overrides` (list of key=value).
+    `args` is the `teacher` section of a dsbs config; k8s/render.py writes the overlay's.
+
+    Raises:
+        pydantic.ValidationError: when a key is not a `teacher` setting or a value is invalid.
     """
-    cfg = load_config(args.get("config"), list(args.get("overrides", [])))
-    return teacher_app(cfg.teacher)
+    return teacher_app(TeacherConfig.model_validate(args))

@@ -34,8 +34,8 @@ from typing import Any
 from tqdm import tqdm
 
 from dsbs import storage
-from dsbs.cluster import ensure_ray
-from dsbs.config import DataConfig, GenerateConfig, TeacherConfig
+from dsbs.cluster import ensure_ray, start_serve
+from dsbs.config import DataConfig, GenerateConfig, ServeConfig, TeacherConfig
 from dsbs.generate.finalize import (
     BAD_ROW,
     ERROR_REASONS,
@@ -346,6 +346,7 @@ def generate_rationales(
     run_dir: str,
     ray_address: str | None = None,
     teacher_loader: Callable[[TeacherConfig], Any] | None = None,
+    serve_http: ServeConfig | None = None,
 ) -> GenerateSummary:
     """Runs (or resumes) rationale generation into `run_dir/generate/<hash>/`.
 
@@ -357,6 +358,8 @@ def generate_rationales(
         ray_address: a Ray cluster to join; None joins the job's cluster or starts one.
         teacher_loader: builds the engine inside each teacher replica (engine=vllm); None is
             vLLM. Tests pass a small real engine of their own.
+        serve_http: the `serve` section, whose host and port Serve's HTTP proxy takes if this
+            stage is the first to start Serve on the cluster; None takes its defaults.
 
     Returns:
         The summary (also written to stats.json and manifest.json).
@@ -393,6 +396,8 @@ def generate_rationales(
     if todo > 0:
         ensure_ray(ray_address)
         if teacher.engine == "vllm":
+            http = serve_http or ServeConfig()
+            start_serve(http.host, http.port)
             _deploy_teacher(teacher, teacher_loader)
         import ray
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dsbs import storage
-from dsbs.cluster import ensure_ray
+from dsbs.cluster import ensure_ray, start_serve
 from dsbs.config import ServeConfig
 from dsbs.rundir import current_student
 
@@ -45,39 +45,11 @@ def start_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None
     # Absolute: replicas do not run in this process's working directory.
     model = storage.absolute(cfg.model or current_student(run_dir))
     ensure_ray(ray_address)
-    url = start_serve(cfg)
+    url = start_serve(cfg.host, cfg.port)
     log.info("starting the student (%s, backend %s) in Ray Serve", model, cfg.backend)
     serve.run(student_app(cfg, model), name=APP_NAME, route_prefix="/")
     log.info("student ready: %s/v1/predict (docs at %s/docs)", url, url)
     return url
-
-
-def start_serve(cfg: ServeConfig) -> str:
-    """Starts Ray Serve's HTTP proxy at `serve.host:serve.port`; returns the proxy's base URL.
-
-    The proxy's address is fixed when Serve first starts on a cluster (by an earlier stage, a
-    RayService, another job): then the running one is kept, and its URL is returned.
-    """
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    # Serve has no public getter for the running proxy's address; the controller client's
-    # `http_config` is it (ray is pinned below 2.70).
-    client = _get_global_client()
-    if client is None:
-        raise RuntimeError("Ray Serve did not start")
-    http = client.http_config
-    if (http.host, http.port) != (cfg.host, cfg.port):
-        log.warning(
-            "Ray Serve already listens on %s:%s; serve.host/serve.port (%s:%s) do not apply",
-            http.host,
-            http.port,
-            cfg.host,
-            cfg.port,
-        )
-    host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host  # noqa: S104 - a bind-all address, compared
-    return f"http://{host}:{http.port}"
 
 
 def stop_student() -> None:
@@ -96,7 +68,7 @@ def serve_student(cfg: ServeConfig, run_dir: str, ray_address: str | None = None
     # Ray installs a SIGTERM handler of its own in ray.init (it exits with status 15): join
     # the cluster first so that ours replaces it before the app starts.
     ensure_ray(ray_address)
-    url = start_serve(cfg)
+    url = start_serve(cfg.host, cfg.port)
     serve_until_interrupted(lambda: start_student(cfg, run_dir, ray_address))
     return ServeSummary(url, model, time.monotonic() - started)
 
