@@ -15,13 +15,23 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dsbs import __version__
-from dsbs.config import Config, ConfigError, adafactor_problem, dump_config, load_config
+from dsbs.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    adafactor_problem,
+    default_of,
+    dump_config,
+    load_config,
+)
 from dsbs.data.paper import PAPER_DATASETS, SPLITS, import_paper
 from dsbs.data.quarantine import BadInputError
 from dsbs.data.synth import MAX_OPS, SYNTH_TASKS, synth
 from dsbs.generate.pipeline import GenerationError
 from dsbs.storage import StorageError
 from dsbs.student.presets import PRESETS
+from dsbs.train.plan import GPU_MEM_GB
 
 log = logging.getLogger("dsbs")
 
@@ -227,14 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = groups.add_parser("evaluate", help="score an exported student on records")
     evaluate.add_argument("--model", required=True, help="exported student folder or s3:// prefix")
     evaluate.add_argument("--data", required=True, help="records with labels (file or folder)")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument(
+        "--batch-size",
+        type=int,
+        default=default_of(TrainConfig, "eval_batch_size"),
+        help="rows per generate call (train.eval_batch_size's default)",
+    )
     plan = groups.add_parser(
         "plan", help="per-GPU memory for a student size, GPU count and ZeRO stage"
     )
     _add_config_args(plan)
     plan.add_argument("--model", choices=sorted(PRESETS), help="student preset (config's)")
     plan.add_argument("--gpus", type=int, help="GPUs (config's train.num_workers)")
-    plan.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory per GPU (80)")
+    plan.add_argument(
+        "--gpu-mem-gb", type=float, default=GPU_MEM_GB, help=f"memory per GPU ({GPU_MEM_GB:g})"
+    )
     plan.add_argument(
         "--host-mem-gb", type=float, default=None, help="host RAM per node (checked when given)"
     )
@@ -263,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument(
         "--max-bad-fraction",
         type=float,
-        default=0.01,
-        help="fail when more than this share of rows is bad (default 0.01)",
+        default=default_of(DataConfig, "max_bad_fraction"),
+        help="fail when more than this share of rows is bad (data.max_bad_fraction's default)",
     )
     synth_cmd = data_cmds.add_parser("synth", help="write the project's synthetic labeled data")
     synth_cmd.add_argument("--task", required=True, choices=sorted(SYNTH_TASKS))

@@ -475,6 +475,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def default_of(section: type[BaseModel], key: str) -> Any:
+    """A config key's default, for a value declared elsewhere too (a CLI flag, a decorator).
+
+    One declaration: the section's field. Raises KeyError for a key the section lacks.
+    """
+    return section.model_fields[key].default
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:

@@ -53,3 +53,27 @@ def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["data", "import-paper", "--dataset", "mnist"])
     assert exit_info.value.code == 2
+
+
+def test_flag_defaults_are_the_config_defaults():
+    """A flag that stands for a config key defaults to that key's default, declared once."""
+    from dsbs.config import DataConfig, TrainConfig
+
+    parser = cli.build_parser()
+    evaluate = parser.parse_args(["evaluate", "--model", "m", "--data", "d"])
+    assert evaluate.batch_size == TrainConfig().eval_batch_size
+    paper = parser.parse_args(
+        [
+            "data",
+            "import-paper",
+            "--dataset",
+            "svamp",
+            "--root",
+            "r",
+            "--split",
+            "test",
+            "--out",
+            "o.jsonl",
+        ]
+    )
+    assert paper.max_bad_fraction == DataConfig().max_bad_fraction

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from dsbs import storage
+from dsbs.config import DataConfig, default_of
 from dsbs.data.quarantine import Quarantine, quarantine_path
 from dsbs.records import IdAssigner, Record, write_records
 from dsbs.tasks import accuracy, get_task
@@ -84,7 +85,11 @@ def _teacher_outputs(files: list[str]) -> list[tuple[str, int, object]]:
 
 
 def import_paper(
-    dataset: str, root: str, split: str, out: str, max_bad_fraction: float = 0.01
+    dataset: str,
+    root: str,
+    split: str,
+    out: str,
+    max_bad_fraction: float = default_of(DataConfig, "max_bad_fraction"),
 ) -> ImportSummary:
     """Reads one split of a paper dataset with its teacher outputs and writes records.
 

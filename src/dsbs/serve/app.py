@@ -26,7 +26,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from dsbs import storage
 from dsbs.auth import STUDENT_TOKEN_ENV, add_bearer_auth
-from dsbs.config import ServeConfig
+from dsbs.config import ServeConfig, default_of
 from dsbs.serve.api import (
     ModelCard,
     Prediction,
@@ -47,7 +47,6 @@ APP_NAME = "dsbs-student"
 _INGRESS_MAX_ONGOING = 1024
 _INGRESS_CPUS = 0.1
 _WARMUP_INPUT = "warm up"
-_SERVE_DEFAULTS = ServeConfig.model_fields
 # Tries per request when a student replica dies under it.
 _ATTEMPTS = 3
 
@@ -155,8 +154,8 @@ class StudentPredictor:
         return PredictResponse(predictions=predictions, model=self.info.version)
 
     @serve.batch(
-        max_batch_size=_SERVE_DEFAULTS["max_batch_size"].default,
-        batch_wait_timeout_s=_SERVE_DEFAULTS["batch_wait_timeout_s"].default,
+        max_batch_size=default_of(ServeConfig, "max_batch_size"),
+        batch_wait_timeout_s=default_of(ServeConfig, "batch_wait_timeout_s"),
     )
     async def _decode(self, texts: list[str]) -> list[str]:
         # The decorator is evaluated at import, before any config exists: it takes the config's

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dsbs.config import StudentConfig, TrainConfig
+from dsbs.config import StudentConfig, TrainConfig, default_of
 from dsbs.records import Record, read_records
 from dsbs.student.decode import generate_texts
 from dsbs.student.export import LABEL_PREFIX, load_student
@@ -87,7 +87,10 @@ class EvalSummary:
 
 
 def evaluate_export(
-    model: str, data: str, batch_size: int = 32, cache_dir: str | None = None
+    model: str,
+    data: str,
+    batch_size: int = default_of(TrainConfig, "eval_batch_size"),
+    cache_dir: str | None = None,
 ) -> EvalSummary:
     """Scores an exported student on records: its `predict:` output against the gold label.
 

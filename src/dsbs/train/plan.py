@@ -25,6 +25,10 @@ GPUS_PER_NODE = 8  # ranks that share one host's RAM (a pod of 8 GPUs)
 """Share of a GPU's memory a plan may fill (fragmentation needs the rest)."""
 
 
+GPU_MEM_GB = 80.0
+"""Memory per GPU when none is given: the 80 GB A100s and H100s the presets are sized for."""
+
+
 @dataclass(frozen=True)
 class PlanInput:
     """What is being planned."""
