@@ -84,12 +84,13 @@ def resume(work: Path) -> dict[str, float]:
     from dsbs.generate.inputs import prepare_inputs
     from dsbs.generate.pipeline import config_hash
     from dsbs.generate.shards import plan_resume
-    from dsbs.rundir import generate_dir
+    from dsbs.rundir import StageOutput
     from dsbs.tasks import get_task
 
     cfg = load_config(None, _overrides(work))
     task = get_task(cfg.data.task)
-    out_dir = generate_dir(cfg.pipeline.run_dir, config_hash(cfg.data, cfg.teacher, cfg.generate))
+    digest = config_hash(cfg.data, cfg.teacher, cfg.generate)
+    out_dir = StageOutput(cfg.pipeline.run_dir, "generate", digest).path
     started = time.perf_counter()
     inputs = prepare_inputs(task, cfg.data.source, out_dir, cfg.generate.shard_rows)
     plan = plan_resume(out_dir, inputs, task)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -56,9 +56,32 @@ class _Section(BaseModel):
         extra="forbid", validate_assignment=True, use_attribute_docstrings=True
     )
 
+    # Every key is declared in exactly one of these (a test holds each section to it), so a new
+    # key can neither stay out of a stage's output hash nor join it without a decision.
+    OUTPUT_KEYS: ClassVar[frozenset[str]] = frozenset()
+    """Keys that change what a stage writes: they name its output folder (rundir.stage_hash)."""
+    RUN_KEYS: ClassVar[frozenset[str]] = frozenset()
+    """Keys that change only how a stage runs: a rerun with other values continues its output."""
+
+    def output_settings(self) -> dict[str, Any]:
+        """The values of the keys that change a stage's output (what its hash is made of)."""
+        return self.model_dump(mode="json", include=set(self.OUTPUT_KEYS))
+
 
 class DataConfig(_Section):
     """Where the examples come from and how much bad input is tolerated."""
+
+    OUTPUT_KEYS = frozenset(
+        {
+            "task",
+            "source",
+        }
+    )
+    RUN_KEYS = frozenset(
+        {
+            "max_bad_fraction",
+        }
+    )
 
     task: TaskName = "svamp"
     """Task in the registry (`dsbs.tasks.TASKS`); decides input format, parser and metric."""
@@ -71,6 +94,49 @@ class DataConfig(_Section):
 
 class TeacherConfig(_Section):
     """The teacher LLM that writes rationales and labels."""
+
+    OUTPUT_KEYS = frozenset(
+        {
+            "engine",
+            "model",
+            "dtype",
+            "max_model_len",
+            "quantization",
+            "kv_cache_dtype",
+            "prompt_style",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "base_url",
+        }
+    )
+    RUN_KEYS = frozenset(
+        {
+            # Parallelism, batching, memory, retries and replicas change how fast the teacher
+            # answers, not what it is asked or how it samples.
+            "tensor_parallel_size",
+            "pipeline_parallel_size",
+            "enforce_eager",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "gpu_memory_utilization",
+            "enable_prefix_caching",
+            "api_key_env",
+            "max_retries",
+            "request_timeout_s",
+            "min_replicas",
+            "max_replicas",
+            "target_ongoing_requests",
+            "upscale_delay_s",
+            "downscale_delay_s",
+            "max_ongoing_requests",
+            "num_cpus",
+            "use_gpu",
+            "keep_running",
+            "max_prompts_per_request",
+            "startup_timeout_s",
+        }
+    )
 
     engine: Literal["vllm", "openai"] = "vllm"
     """`vllm`: an in-cluster vLLM engine in Ray Serve; `openai`: any OpenAI-compatible URL."""
@@ -156,6 +222,20 @@ class TeacherConfig(_Section):
 class GenerateConfig(_Section):
     """Rationale generation (stage 1)."""
 
+    OUTPUT_KEYS = frozenset(
+        {
+            "num_samples",
+            "require_gold_match",
+        }
+    )
+    RUN_KEYS = frozenset(
+        {
+            "max_in_flight",
+            "shard_rows",
+            "max_error_fraction",
+        }
+    )
+
     num_samples: int = Field(1, ge=1)
     """Teacher samples per input; above 1, the label is a majority vote (self-consistency)."""
     require_gold_match: bool = False
@@ -178,6 +258,18 @@ class GenerateConfig(_Section):
 class StudentConfig(_Section):
     """The T5 student: architecture, weights and tokenizer."""
 
+    OUTPUT_KEYS = frozenset(
+        {
+            "preset",
+            "model",
+            "tokenizer",
+            "vocab_size",
+            "tokenizer_sample_rows",
+            "max_input_length",
+            "max_target_length",
+        }
+    )
+
     preset: StudentPreset = "t5-tiny"
     """Architecture; `t5-v1_1-*` follow google/t5-v1_1-*, `t5-tiny` is for tests, `t5-mini`
     for the demo."""
@@ -198,6 +290,53 @@ class StudentConfig(_Section):
 
 class TrainConfig(_Section):
     """Student training (stage 2) with Ray Train and DeepSpeed."""
+
+    OUTPUT_KEYS = frozenset(
+        {
+            "mode",
+            "data",
+            "test_data",
+            "label_source",
+            "alpha",
+            "num_workers",
+            "use_gpu",
+            "zero_stage",
+            "offload_optimizer",
+            "offload_param",
+            "export_dtype",
+            "export_shard_gb",
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "warmup_steps",
+            "schedule",
+            "precision",
+            "micro_batch_size",
+            "length_grouping",
+            "shuffle_buffer_rows",
+            "grad_accum_steps",
+            "max_grad_norm",
+            "max_steps",
+            "eval_every",
+            "checkpoint_every",
+            "activation_checkpointing",
+            "valid_fraction",
+            "test_fraction",
+            "eval_batch_size",
+            "subsample",
+            "seed",
+        }
+    )
+    RUN_KEYS = frozenset(
+        {
+            # Retries, the resume point, CPUs and how many rows validation scores.
+            "cpus_per_worker",
+            "data_cpus",
+            "eval_max_rows",
+            "max_failures",
+            "resume_from",
+        }
+    )
 
     mode: TrainMode = "distill_step_by_step"
     """The paper's three training modes."""
@@ -282,6 +421,32 @@ class TrainConfig(_Section):
 class ServeConfig(_Section):
     """Serving the student (stage 3) with Ray Serve."""
 
+    RUN_KEYS = frozenset(
+        {
+            # Serving writes no stage output.
+            "model",
+            "backend",
+            "ctranslate2_compute_type",
+            "ctranslate2_threads",
+            "host",
+            "port",
+            "max_batch_size",
+            "batch_wait_timeout_s",
+            "min_replicas",
+            "max_replicas",
+            "target_ongoing_requests",
+            "upscale_delay_s",
+            "downscale_delay_s",
+            "num_cpus",
+            "num_gpus",
+            "max_items",
+            "max_input_tokens",
+            "max_body_bytes",
+            "request_timeout_s",
+            "health_timeout_s",
+        }
+    )
+
     model: str | None = None
     """Exported student folder (local or s3://); None means this run's `train/student/`."""
     backend: Literal["hf", "ctranslate2"] = "hf"
@@ -335,6 +500,16 @@ class ServeConfig(_Section):
 class PipelineConfig(_Section):
     """How `dsbs run` composes the stages."""
 
+    RUN_KEYS = frozenset(
+        {
+            # Where and how the stages run, not what they write.
+            "run_dir",
+            "shared_filesystem",
+            "ray_address",
+            "keep_serving",
+        }
+    )
+
     run_dir: str = "runs/demo"
     """Run directory, local or s3://; holds generate/, train/ and report/."""
     shared_filesystem: bool = False
@@ -348,6 +523,15 @@ class PipelineConfig(_Section):
 
 class SweepConfig(_Section):
     """`dsbs sweep`: the paper's accuracy-against-data-size experiment."""
+
+    RUN_KEYS = frozenset(
+        {
+            # Each training of a sweep hashes its own train section (mode, subsample, seed).
+            "fractions",
+            "modes",
+            "seeds",
+        }
+    )
 
     fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0], min_length=1)
     """Training-set fractions (each sets train.subsample; subsamples nest, as in the paper)."""

@@ -160,3 +160,35 @@ def test_the_student_serve_config_file_is_a_valid_serve_section():
     cfg = ServeConfig.model_validate(args)
     assert [key for key in args if args[key] == defaults[key]] == []
     assert cfg.model and cfg.max_replicas > cfg.min_replicas
+
+
+def test_every_config_key_says_whether_it_changes_a_stage_output():
+    """Each section's keys split exactly into OUTPUT_KEYS and RUN_KEYS (rundir.stage_hash)."""
+    from dsbs.config import Config
+
+    for name, field in Config.model_fields.items():
+        section = field.annotation
+        keys = set(section.model_fields)
+        assert keys == section.OUTPUT_KEYS | section.RUN_KEYS, (name, keys - section.OUTPUT_KEYS)
+        assert not section.OUTPUT_KEYS & section.RUN_KEYS, name
+
+
+def test_a_stage_hash_follows_output_keys_and_ignores_run_keys():
+    from dsbs.config import TrainConfig
+    from dsbs.rundir import stage_hash
+
+    digest = stage_hash({"train": TrainConfig()}, {"version": 1})
+    assert stage_hash({"train": TrainConfig(max_failures=9, eval_max_rows=5)}, {"version": 1}) == (
+        digest
+    )
+    assert stage_hash({"train": TrainConfig(lr=1e-5)}, {"version": 1}) != digest
+    assert stage_hash({"train": TrainConfig()}, {"version": 2}) != digest
+
+
+def test_every_teacher_engine_the_config_accepts_has_an_entry():
+    from typing import get_args
+
+    from dsbs.config import TeacherConfig
+    from dsbs.generate.engines import TEACHERS
+
+    assert set(get_args(TeacherConfig.model_fields["engine"].annotation)) == set(TEACHERS)

@@ -95,6 +95,10 @@ def test_config_hash_tracks_what_the_teacher_sees_only():
         "teacher.model=other",
         "teacher.max_tokens=50",
         "data.source=x.jsonl",
+        # Teacher keys the old allow-list of hashed keys missed: a quantized teacher writes
+        # other rationales, so it is another output.
+        "teacher.quantization=awq",
+        "teacher.kv_cache_dtype=fp8",
     ):
         changed = load_config(None, [override])
         assert config_hash(changed.data, changed.teacher, changed.generate) != digest, override

@@ -20,8 +20,6 @@ into the old one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
@@ -36,6 +34,7 @@ from tqdm import tqdm
 from dsbs import storage
 from dsbs.cluster import ensure_ray, start_serve
 from dsbs.config import DataConfig, GenerateConfig, ServeConfig, TeacherConfig
+from dsbs.generate.engines import TEACHERS
 from dsbs.generate.finalize import (
     BAD_ROW,
     ERROR_REASONS,
@@ -54,7 +53,7 @@ from dsbs.generate.shards import (
     read_counts,
 )
 from dsbs.records import Record
-from dsbs.rundir import generate_dir, generate_root, write_json
+from dsbs.rundir import StageOutput, stage_hash, write_json
 from dsbs.tasks import Task, get_task
 from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
 from dsbs.teachers.client import percentile
@@ -91,7 +90,7 @@ def offered_load(teacher: TeacherConfig, generate: GenerateConfig) -> Load:
     engine can run its full batch; the callers' adaptive limits stay below that while answers
     slow. A smaller explicit generate.max_in_flight is kept, with a warning naming both keys.
     """
-    if teacher.engine == "openai":
+    if not TEACHERS[teacher.engine].deployed:
         in_flight = generate.max_in_flight or OPENAI_IN_FLIGHT
     else:
         reach = teacher.max_replicas * teacher.target_ongoing_requests
@@ -158,10 +157,11 @@ class GenerateSummary:
 
 
 def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConfig) -> str:
-    """A short hash of everything that changes what the teacher is asked and how.
+    """A short hash of everything that changes what the teacher is asked and how it answers.
 
-    The input files count by what they are now (storage.fingerprint): replaced or appended
-    inputs make a new output folder instead of being reported as done.
+    The sections' output keys (`OUTPUT_KEYS`), the prompt and the stop sequences; the input
+    files count by what they are now (storage.fingerprint): replaced or appended inputs make a
+    new output folder instead of being reported as done.
     """
     task = get_task(data.task)
     template = (
@@ -169,30 +169,15 @@ def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConf
         if teacher.prompt_style == "chat"
         else build_prompt(task, "{input}")
     )
-    spec = {
-        "version": SCHEMA_VERSION,
-        "task": data.task,
-        "source": data.source,
-        "source_files": storage.fingerprint(data.source) if data.source else None,
-        "teacher": teacher.model_dump(
-            include={
-                "engine",
-                "model",
-                "dtype",
-                "max_model_len",
-                "prompt_style",
-                "temperature",
-                "top_p",
-                "max_tokens",
-                "base_url",
-            }
-        ),
-        "num_samples": generate.num_samples,
-        "require_gold_match": generate.require_gold_match,
-        "prompt": template,
-        "stop": STOP_SEQUENCES,
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return stage_hash(
+        {"data": data, "teacher": teacher, "generate": generate},
+        {
+            "version": SCHEMA_VERSION,
+            "source_files": storage.fingerprint(data.source) if data.source else None,
+            "prompt": template,
+            "stop": STOP_SEQUENCES,
+        },
+    )
 
 
 def _check_budget(errors: int, total: int, max_fraction: float, out_dir: str) -> None:
@@ -369,16 +354,9 @@ def generate_rationales(
     """
     started = time.monotonic()
     task = get_task(data.task)
-    digest = config_hash(data, teacher, generate)
-    out_dir = generate_dir(run_dir, digest)
-    write_json(
-        storage.join(out_dir, "config.json"),
-        {
-            "data": data.model_dump(),
-            "teacher": teacher.model_dump(),
-            "generate": generate.model_dump(),
-        },
-    )
+    output = StageOutput(run_dir, "generate", config_hash(data, teacher, generate))
+    out_dir = output.path
+    output.write_config({"data": data, "teacher": teacher, "generate": generate}, {})
     inputs = prepare_inputs(task, data.source, out_dir, generate.shard_rows)
     total = inputs.rows + inputs.bad
     plan = plan_resume(out_dir, inputs, task)
@@ -395,7 +373,8 @@ def generate_rationales(
     load: dict[str, Any] = {"timeouts": 0, "limit": 0}
     if todo > 0:
         ensure_ray(ray_address)
-        if teacher.engine == "vllm":
+        deployed = TEACHERS[teacher.engine].deployed
+        if deployed:
             http = serve_http or ServeConfig()
             start_serve(http.host, http.port)
             _deploy_teacher(teacher, teacher_loader)
@@ -429,7 +408,7 @@ def generate_rationales(
             streaming = time.monotonic() - streaming_since
         finally:
             writer.close()
-            if teacher.engine == "vllm" and not teacher.keep_running:
+            if deployed and not teacher.keep_running:
                 from ray import serve
 
                 from dsbs.generate.deployment import APP_NAME
@@ -445,11 +424,7 @@ def generate_rationales(
         output_tokens,
         latencies.values,
     )
-    summary = _write_stats(task, out_dir, inputs, this_run, wall, streaming)
-    write_json(
-        storage.join(generate_root(run_dir), "manifest.json"),
-        {"config_hash": digest, "output": out_dir},
-    )
+    summary = _write_stats(task, output, inputs, this_run, wall, streaming)
     log.info(summary.line())
     return summary
 
@@ -494,12 +469,13 @@ class LatencySample:
 
 
 def _write_stats(
-    task: Task, out_dir: str, inputs: Inputs, run: RunCounts, wall: float, streaming: float
+    task: Task, output: StageOutput, inputs: Inputs, run: RunCounts, wall: float, streaming: float
 ) -> GenerateSummary:
     """Counts over the whole output (every run of this config), throughput for this run.
 
     Summed from the shards' counts: no row is read again.
     """
+    out_dir = output.path
     whole = ShardCounts(0)
     for counts in read_counts(out_dir).values():
         whole.add(counts)
@@ -548,11 +524,9 @@ def _write_stats(
         },
     }
     write_json(storage.join(out_dir, "stats.json"), stats)
-    write_json(
-        storage.join(out_dir, "manifest.json"),
-        {
-            "config_hash": out_dir.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1],
-            "complete": written + sum(by_reason.values()) == summary.rows_in,
+    output.finish(
+        complete=written + sum(by_reason.values()) == summary.rows_in,
+        counts={
             "rows_in": summary.rows_in,
             "written": written,
             "quarantined": sum(by_reason.values()),

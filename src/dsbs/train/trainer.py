@@ -14,8 +14,6 @@ a finished run is not trained again. This module is the Ray shell; loop.py runs 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -29,7 +27,7 @@ from typing import Any
 from dsbs import storage
 from dsbs.cluster import ensure_ray
 from dsbs.config import StudentConfig, TrainConfig
-from dsbs.rundir import current_rationales, read_json, train_dir, train_root, write_json
+from dsbs.rundir import StageOutput, current_rationales, read_json, stage_hash
 from dsbs.student.tokenizer import train_tokenizer
 from dsbs.train.data import (
     SplitManifest,
@@ -50,10 +48,6 @@ of a second, and two keep any number of workers fed while one starts."""
 
 SCHEMA_VERSION = 2
 """Bumped when the training output changes shape, so old checkpoints are not resumed into."""
-
-# Settings that change how a run executes but not what it learns stay out of the hash, so a
-# rerun with more retries or another resume point continues the same output.
-_NOT_HASHED = {"max_failures", "resume_from", "cpus_per_worker", "data_cpus", "eval_max_rows"}
 
 
 class TrainingError(ValueError):
@@ -99,19 +93,21 @@ class TrainSummary:
 def config_hash(train: TrainConfig, student: StudentConfig, task: str, source: str) -> str:
     """A short hash of everything that changes the trained student.
 
-    The training and test files count by what they are now (storage.fingerprint), not only
-    by their names: a replaced `train.parquet` is trained on again.
+    The sections' output keys (`OUTPUT_KEYS`: retries, the resume point and CPUs stay out, so a
+    rerun with other values continues the same output), the task and the rows: the training
+    and test files count by what they are now (storage.fingerprint), not only by their names,
+    so a replaced `train.parquet` is trained on again.
     """
-    spec = {
-        "version": SCHEMA_VERSION,
-        "task": task,
-        "source": source,
-        "source_files": storage.fingerprint(source),
-        "test_files": storage.fingerprint(train.test_data) if train.test_data else None,
-        "train": train.model_dump(exclude=_NOT_HASHED),
-        "student": student.model_dump(),
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return stage_hash(
+        {"train": train, "student": student},
+        {
+            "version": SCHEMA_VERSION,
+            "task": task,
+            "source": source,
+            "source_files": storage.fingerprint(source),
+            "test_files": storage.fingerprint(train.test_data) if train.test_data else None,
+        },
+    )
 
 
 def _tokenizer(
@@ -159,7 +155,8 @@ def train_student(
     source = train.data or current_rationales(run_dir)
     digest = config_hash(train, student, task, source)
     # Absolute from here on (the hash keeps the paths as given): workers run elsewhere.
-    out_dir = storage.absolute(train_dir(run_dir, digest))
+    output = StageOutput(storage.absolute(run_dir), "train", digest)
+    out_dir = output.path
     if train.resume_from:
         train = train.model_copy(update={"resume_from": storage.absolute(train.resume_from)})
     local = {
@@ -181,15 +178,7 @@ def train_student(
                 f"(skipped: {skipped}); one step of {train.num_workers} workers x "
                 f"micro_batch_size {train.micro_batch_size} needs {per_step}"
             )
-        write_json(
-            storage.join(out_dir, "config.json"),
-            {
-                "task": task,
-                "source": source,
-                "train": train.model_dump(),
-                "student": student.model_dump(),
-            },
-        )
+        output.write_config({"train": train, "student": student}, {"task": task, "source": source})
         spec = LoopSpec(
             train=train,
             student=student,
@@ -203,7 +192,7 @@ def train_student(
         finished = read_json(storage.join(out_dir, "metrics.json"))
         if finished is None:
             raise TrainingError(f"{out_dir}: training ended without writing metrics.json")
-    write_json(storage.join(train_root(run_dir), "manifest.json"), {"config_hash": digest})
+    output.finish(complete=True, counts={**rows, "steps": finished["steps"]})
     wall = time.monotonic() - started
     return _summary(finished, out_dir, rows, skipped, wall, already_done)
 
