@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from dsbs import storage
 from dsbs.config import TeacherConfig
+from dsbs.generate.engines import TEACHERS
 from dsbs.tasks import get_task
 from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
 from dsbs.teachers.base import (
@@ -179,14 +180,7 @@ class TeacherCaller:
 
     def _client(self) -> tuple[Teacher, InFlightLimit]:
         if self._teacher is None or self._limit is None:
-            if self.cfg.engine == "openai":
-                from dsbs.teachers.openai import OpenAITeacher
-
-                self._teacher = OpenAITeacher(self.cfg)
-            else:
-                from dsbs.generate.deployment import DEPLOYMENT_NAME
-
-                self._teacher = ServeTeacher(self.app_name, DEPLOYMENT_NAME, self.cfg)
+            self._teacher = TEACHERS[self.cfg.engine].client(self.cfg, self.app_name)
             self._limit = InFlightLimit(
                 self.max_in_flight, self.cfg.request_timeout_s, self.cfg.max_tokens
             )

@@ -141,7 +141,7 @@ def save_student(
             if dtype is not None:
                 config.dtype = dtype
             config.save_pretrained(tmp)
-            if getattr(model, "generation_config", None) is not None:
+            if model.generation_config is not None:
                 model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())

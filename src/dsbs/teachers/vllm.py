@@ -101,8 +101,6 @@ class VllmTeacher:
             return request.prompt
         if self._tokenizer is None:
             self._tokenizer = self.engine.get_tokenizer()
-            if hasattr(self._tokenizer, "__await__"):
-                self._tokenizer = await self._tokenizer
         messages = [{"role": role, "content": content} for role, content in request.messages or ()]
         return self._tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True

@@ -315,9 +315,9 @@ def _restore(engine: Any, train: TrainConfig, checkpoints: CheckpointStore) -> _
 
 def _optimizer_steps(engine: Any) -> int:
     """Steps the optimizer's own state has taken (AdamW's per-parameter counter), or 0."""
-    # ZeRO wraps the client optimizer; without ZeRO the engine holds it directly.
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for param_state in inner.state.values():
+    # The optimizer dsbs handed DeepSpeed, whatever ZeRO or bf16 wrapper steps it: its state
+    # holds the counters.
+    for param_state in engine.basic_optimizer.state.values():
         if "step" in param_state:
             return int(param_state["step"])
     return 0
