@@ -82,8 +82,8 @@ def resume(work: Path) -> dict[str, float]:
     from dsbs.config import load_config
     from dsbs.generate import generate_rationales
     from dsbs.generate.inputs import prepare_inputs
-    from dsbs.generate.pipeline import config_hash
     from dsbs.generate.shards import plan_resume
+    from dsbs.generate.stage import config_hash
     from dsbs.rundir import StageOutput
     from dsbs.tasks import get_task
 

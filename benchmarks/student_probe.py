@@ -96,7 +96,7 @@ def main() -> None:
             batch = collate(
                 {
                     "input": [r.input for r in rows],
-                    "label": [r.label for r in rows],
+                    "target_label": [r.label for r in rows],
                     "rationale": [r.rationale for r in rows],
                 }
             )

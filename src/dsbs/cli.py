@@ -28,7 +28,7 @@ from dsbs.config import (
 from dsbs.data.paper import PAPER_DATASETS, SPLITS, import_paper
 from dsbs.data.quarantine import BadInputError
 from dsbs.data.synth import MAX_OPS, SYNTH_TASKS, synth
-from dsbs.generate.pipeline import GenerationError
+from dsbs.generate.stage import GenerationError
 from dsbs.storage import StorageError
 from dsbs.student.presets import PRESETS
 from dsbs.train.plan import GPU_MEM_GB

@@ -24,7 +24,7 @@ from dsbs.config import load_config
 from dsbs.data.synth import synth
 from dsbs.generate import generate_rationales
 from dsbs.generate.deployment import APP_NAME
-from dsbs.generate.pipeline import config_hash
+from dsbs.generate.stage import config_hash
 from dsbs.records import read_records
 
 pytestmark = pytest.mark.slow
@@ -333,7 +333,7 @@ def test_health_check_fails_when_the_engine_dies(ray_head):
 
 def test_a_teacher_no_node_can_hold_fails_after_the_startup_timeout(ray_head, tmp_path):
     """It waited forever: a GPU teacher on a cluster without GPUs (last: it removes the app)."""
-    from dsbs.generate.pipeline import GenerationError
+    from dsbs.generate.stage import GenerationError
 
     extra = ("teacher.use_gpu=true", "teacher.dtype=bfloat16", "teacher.startup_timeout_s=8")
     cfg, _ = _config(tmp_path, "unplaceable", ray_head, extra)

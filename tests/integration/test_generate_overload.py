@@ -25,7 +25,7 @@ from dsbs import storage
 from dsbs.config import load_config
 from dsbs.data.synth import synth
 from dsbs.generate import generate_rationales
-from dsbs.generate.pipeline import config_hash
+from dsbs.generate.stage import config_hash
 from dsbs.records import read_records
 
 pytestmark = pytest.mark.slow

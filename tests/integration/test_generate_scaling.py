@@ -74,7 +74,7 @@ def test_the_serve_controller_scales_the_teacher_to_max_replicas_during_a_run(
     watcher = threading.Thread(target=_watch_replicas, args=(seen, stop), daemon=True)
     watcher.start()
     try:
-        with caplog.at_level("INFO", logger="dsbs.generate.pipeline"):
+        with caplog.at_level("INFO", logger="dsbs.generate.stage"):
             summary = generate_rationales(
                 cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, serve_http=cfg.serve
             )

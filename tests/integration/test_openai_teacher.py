@@ -21,7 +21,7 @@ from dsbs import storage
 from dsbs.config import load_config
 from dsbs.data.synth import synth
 from dsbs.generate import generate_rationales
-from dsbs.generate.pipeline import config_hash
+from dsbs.generate.stage import config_hash
 from dsbs.precision import resolve_dtype
 from dsbs.records import read_records
 from dsbs.teachers.base import Sampling, TeacherError, TeacherRequest
@@ -218,7 +218,7 @@ def test_a_rerun_after_a_teacher_outage_retries_the_rows_that_failed(
 ):
     """Teacher errors counted as done and against the budget: after one outage every rerun
     failed before its first call, and only deleting files by hand helped (issue 15, item 2)."""
-    from dsbs.generate.pipeline import GenerationError
+    from dsbs.generate.stage import GenerationError
 
     proxy = FlakyProxy(vllm_server, [503] * 10_000)  # down
     source = tmp_path / "in.jsonl"

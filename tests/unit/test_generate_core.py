@@ -7,9 +7,9 @@ import pytest
 
 from dsbs.config import load_config
 from dsbs.generate.caller import teacher_request
-from dsbs.generate.finalize import GOLD_MISMATCH, UNPARSEABLE, finalize, vote
 from dsbs.generate.inputs import prepare_inputs
-from dsbs.generate.pipeline import config_hash
+from dsbs.generate.outcomes import GOLD_MISMATCH, UNPARSEABLE, outcome_of, vote
+from dsbs.generate.stage import config_hash
 from dsbs.records import read_records
 from dsbs.tasks import get_task
 from dsbs.teachers.base import RetryableError, TeacherError, with_retries
@@ -42,21 +42,21 @@ def test_vote_tie_goes_to_the_first_group_and_nothing_parsed_is_none():
     assert vote(SVAMP, ["nothing", ""], "") == (None, {})
 
 
-def test_finalize_outcomes():
-    good = finalize(SVAMP, ROW, ["Add them. The answer is (2 + 3)."], require_gold_match=True)
+def test_outcome_of_each_input():
+    good = outcome_of(SVAMP, ROW, ["Add them. The answer is (2 + 3)."], require_gold_match=True)
     assert good.record.teacher_label == "( 2.0 + 3.0 )" and good.record.rationale == "Add them."
     assert good.record.teacher_raw == "Add them. The answer is (2 + 3)." and good.correct is True
-    wrong = finalize(SVAMP, ROW, ["The answer is (2 * 3)."], require_gold_match=True)
+    wrong = outcome_of(SVAMP, ROW, ["The answer is (2 * 3)."], require_gold_match=True)
     assert wrong.record is None and wrong.reason == GOLD_MISMATCH and wrong.parsed
-    kept = finalize(SVAMP, ROW, ["The answer is (2 * 3)."], require_gold_match=False)
+    kept = outcome_of(SVAMP, ROW, ["The answer is (2 * 3)."], require_gold_match=False)
     assert kept.record is not None and kept.correct is False
-    lost = finalize(SVAMP, ROW, ["I don't know"], require_gold_match=False)
+    lost = outcome_of(SVAMP, ROW, ["I don't know"], require_gold_match=False)
     assert lost.record is None and lost.reason == UNPARSEABLE
-    unlabeled = finalize(
+    unlabeled = outcome_of(
         SVAMP, {**ROW, "label": None}, ["The answer is 5."], require_gold_match=True
     )
     assert unlabeled.record is not None and unlabeled.correct is None
-    voted = finalize(
+    voted = outcome_of(
         SVAMP, ROW, ["The answer is 5.", "The answer is (2 + 3)."], require_gold_match=False
     )
     assert voted.record.meta["votes"] == {"5.0": 2}
@@ -180,7 +180,7 @@ def test_with_retries_backs_off_then_gives_up(monkeypatch):
 
 def test_the_offered_load_reaches_the_teachers_largest_size(caplog):
     """One caller with 64 in flight never got Serve past 2 replicas at a target of 32."""
-    from dsbs.generate.pipeline import CALLER_IN_FLIGHT, offered_load
+    from dsbs.generate.stage import CALLER_IN_FLIGHT, offered_load
 
     def load(*overrides: str):
         cfg = load_config(None, list(overrides))

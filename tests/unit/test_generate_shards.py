@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from dsbs import storage
-from dsbs.generate.finalize import TEACHER_ERROR, UNPARSEABLE
 from dsbs.generate.inputs import Inputs, quarantine_row
+from dsbs.generate.outcomes import TEACHER_ERROR, UNPARSEABLE
 from dsbs.generate.shards import (
     ShardWriter,
     counts_file,

@@ -32,7 +32,7 @@ def test_collator_pads_masks_labels_and_counts_truncation(tokenizer):
     batch = collate(
         {
             "input": ["1 plus 2?", "10 plus 11 plus 12 plus 13?"],
-            "label": ["3", "46"],
+            "target_label": ["3", "46"],
             "rationale": ["1 + 2 = 3.", "10 + 11 + 12 + 13 = 46."],
         }
     )
@@ -46,7 +46,7 @@ def test_collator_pads_masks_labels_and_counts_truncation(tokenizer):
     assert (label["labels"] == IGNORE_INDEX).any() or label["labels"].shape[1] == 2
     assert collate.truncated["input"] >= 2 and collate.truncated["rationale"] >= 1
     only_label = Collator(tokenizer, 32, 32, rationale=False)(
-        {"input": ["x"], "label": ["1"], "rationale": [""]}
+        {"input": ["x"], "target_label": ["1"], "rationale": [""]}
     )
     assert set(only_label) == {"label"}
 
@@ -65,7 +65,7 @@ def test_multitask_loss_equals_the_weighted_cross_entropies_computed_directly(to
     batch = Collator(tokenizer, 32, 32, rationale=True)(
         {
             "input": ["1 plus 2?", "3 plus 4?"],
-            "label": ["3", "7"],
+            "target_label": ["3", "7"],
             "rationale": ["1 + 2 = 3.", "3 + 4 is 7."],
         }
     )
@@ -122,7 +122,7 @@ def test_length_grouping_keeps_every_full_micro_batch_and_sorts_within():
 
     batch = {
         "input": [f"q{'x' * (i * 7 % 23)}" for i in range(37)],
-        "label": ["1"] * 37,
+        "target_label": ["1"] * 37,
         "rationale": ["r" * (i * 5 % 17) for i in range(37)],
     }
     groups = length_grouped(batch, 8, random.Random(0))  # noqa: S311

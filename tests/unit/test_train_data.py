@@ -73,7 +73,7 @@ def test_each_mode_learns_its_label_and_counts_what_it_skips():
     assert skipped == {"no_label": 1, "empty_input": 1}
 
     examples, skipped = _select("standard_distill", "teacher")
-    assert [(e.id, e.label) for e in examples] == [
+    assert [(e.id, e.target_label) for e in examples] == [
         ("a", "( 2 + 3 )"),
         ("c", "( 9 - 1 )"),
         ("d", "( 6 / 2 )"),
@@ -86,7 +86,7 @@ def test_each_mode_learns_its_label_and_counts_what_it_skips():
     assert skipped == {"no_teacher_label": 1, "no_rationale": 1, "empty_input": 1}
 
     examples, _ = _select("distill_step_by_step", "gold")
-    assert [(e.id, e.label) for e in examples] == [("a", "( 2 + 3 )")]
+    assert [(e.id, e.target_label) for e in examples] == [("a", "( 2 + 3 )")]
 
 
 def _records(n: int, start: int = 0) -> list[Record]:

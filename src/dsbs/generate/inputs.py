@@ -17,7 +17,7 @@ from typing import Any
 
 from dsbs import storage
 from dsbs.data.sources import iter_source_rows
-from dsbs.generate.finalize import BAD_ROW
+from dsbs.generate.outcomes import BAD_ROW
 from dsbs.records import FIELDS, IdAssigner, Record, write_records
 from dsbs.rundir import read_json, write_json
 from dsbs.tasks import Task

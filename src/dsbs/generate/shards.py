@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dsbs import storage
-from dsbs.generate.finalize import GOLD_MISMATCH, TEACHER_ERROR
 from dsbs.generate.inputs import Inputs
+from dsbs.generate.outcomes import GOLD_MISMATCH, TEACHER_ERROR
 from dsbs.records import Record, iter_records, write_records
 from dsbs.tasks import Task
 

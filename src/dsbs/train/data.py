@@ -154,7 +154,11 @@ def tokenizer_texts(manifest: SplitManifest, sample_rows: int) -> list[str]:
     for i, example in enumerate(read_examples(manifest.files["train"])):
         if i % stride:
             continue
-        texts += [LABEL_PREFIX + example.input, RATIONALE_PREFIX + example.input, example.label]
+        texts += [
+            LABEL_PREFIX + example.input,
+            RATIONALE_PREFIX + example.input,
+            example.target_label,
+        ]
         if example.rationale:
             texts.append(example.rationale)
     return texts

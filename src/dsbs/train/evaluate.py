@@ -169,7 +169,10 @@ class Evaluator:
             n_real = max(0, min(len(batch), real - offset))
             tensors = to_device(
                 self.collator(
-                    {k: [getattr(e, k) for e in batch] for k in ("input", "label", "rationale")}
+                    {
+                        k: [getattr(e, k) for e in batch]
+                        for k in ("input", "target_label", "rationale")
+                    }
                 ),
                 self.engine.device,
             )

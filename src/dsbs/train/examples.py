@@ -28,8 +28,9 @@ class Example:
 
     id: str
     input: str
-    label: str
-    """The label target (gold or teacher, by mode)."""
+    target_label: str
+    """The label the student learns: gold or the teacher's, by mode (`label_target`). Not
+    `Record.label`, which is always gold (here `gold`)."""
     rationale: str
     """The rationale target; empty when the mode learns no rationale."""
     gold: str
@@ -63,7 +64,7 @@ def to_example(record: Record, mode: str, label_source: str) -> Example | str:
     return Example(
         id=record.id,
         input=record.input,
-        label=label,
+        target_label=label,
         rationale=rationale if mode == "distill_step_by_step" else "",
         gold=record.label or "",
         teacher=record.teacher_label or "",
@@ -136,9 +137,13 @@ class Collator:
         }
 
     def __call__(self, batch: Mapping[str, Sequence[str]]) -> dict[str, dict[str, torch.Tensor]]:
-        """Tensors per task from a column batch with `input`, `label` and `rationale`."""
+        """Tensors per task, "label" and "rationale", from a column batch of `Example` fields.
+
+        The batch holds `input`, `target_label` and `rationale` columns.
+        """
         inputs = [str(t) for t in batch["input"]]
-        out = {"label": self._task(inputs, [str(t) for t in batch["label"]], LABEL_PREFIX, "label")}
+        labels = [str(t) for t in batch["target_label"]]
+        out = {"label": self._task(inputs, labels, LABEL_PREFIX, "label")}
         if self.rationale:
             rationales = [str(t) for t in batch["rationale"]]
             out["rationale"] = self._task(inputs, rationales, RATIONALE_PREFIX, "rationale")

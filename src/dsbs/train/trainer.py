@@ -46,8 +46,9 @@ READ_TASKS = 2
 """Concurrent read tasks for the training rows: a shard read (10,000 rows) takes a fraction
 of a second, and two keep any number of workers fed while one starts."""
 
-SCHEMA_VERSION = 2
-"""Bumped when the training output changes shape, so old checkpoints are not resumed into."""
+SCHEMA_VERSION = 3
+"""Bumped when the training output changes shape, so old checkpoints are not resumed into
+(3: the split shards' label column is `target_label`)."""
 
 
 class TrainingError(ValueError):

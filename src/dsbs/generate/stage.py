@@ -7,7 +7,7 @@
          handle or OpenAI URL, in flight adapted to the teacher's latency, sized to its
          replica range)                                                        (caller.py)
       -> [driver] a bar per answered row, overload warnings                      (progress.py)
-      -> [driver] vote / parse / filter -> each input shard written whole        (finalize.py)
+      -> [driver] vote / parse / filter -> each input shard written whole        (outcomes.py)
 
 Exactly once: the driver is the only writer; an input shard's outcomes are written
 atomically once all its rows are back, its counts last (shards.py), so a rerun skips the
@@ -35,15 +35,15 @@ from dsbs import storage
 from dsbs.cluster import ensure_ray, start_serve
 from dsbs.config import DataConfig, GenerateConfig, ServeConfig, TeacherConfig
 from dsbs.generate.engines import TEACHERS
-from dsbs.generate.finalize import (
+from dsbs.generate.inputs import Inputs, prepare_inputs, quarantine_row
+from dsbs.generate.outcomes import (
     BAD_ROW,
     ERROR_REASONS,
     GOLD_MISMATCH,
     TEACHER_ERROR,
     UNPARSEABLE,
-    finalize,
+    outcome_of,
 )
-from dsbs.generate.inputs import Inputs, prepare_inputs, quarantine_row
 from dsbs.generate.progress import ProgressBoard, ProgressWatch
 from dsbs.generate.shards import (
     ShardCounts,
@@ -308,7 +308,7 @@ def _outcome_for(
     tokens = {"prompt_tokens": row["prompt_tokens"], "output_tokens": row["output_tokens"]}
     if row["error"]:
         return None, quarantine_row(row["id"], TEACHER_ERROR, row["error"], input=row["input"])
-    outcome = finalize(task, row, row["texts"], require_gold_match)
+    outcome = outcome_of(task, row, row["texts"], require_gold_match)
     if outcome.record is not None:
         outcome.record.meta = {**outcome.record.meta, "teacher_tokens": tokens}
         return outcome.record, None

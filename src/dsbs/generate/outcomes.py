@@ -55,10 +55,14 @@ def vote(task: Task, texts: list[str], input_text: str) -> tuple[Parsed | None, 
     return winners[0], counts
 
 
-def finalize(
+def outcome_of(
     task: Task, row: dict[str, Any], texts: list[str], require_gold_match: bool
 ) -> Outcome:
-    """The outcome of one input given the teacher's texts.
+    """The outcome of one input given the teacher's texts: voted, parsed and filtered.
+
+    The majority label among the samples (`vote`), its rationale, and the filters: no
+    readable label, or (with `require_gold_match`) a label that disagrees with gold, becomes
+    a quarantine reason instead of a record.
 
     Args:
         task: the task.
