@@ -18,7 +18,6 @@ from dsbs import __version__
 from dsbs.config import (
     Config,
     ConfigError,
-    DataConfig,
     TrainConfig,
     adafactor_problem,
     default_of,
@@ -26,10 +25,9 @@ from dsbs.config import (
     load_config,
 )
 from dsbs.data.paper import PAPER_DATASETS, SPLITS, import_paper
-from dsbs.data.quarantine import BadInputError
+from dsbs.data.quarantine import MAX_BAD_FRACTION
 from dsbs.data.synth import MAX_OPS, SYNTH_TASKS, synth
-from dsbs.generate.stage import GenerationError
-from dsbs.storage import StorageError
+from dsbs.errors import DsbsError
 from dsbs.student.presets import PRESETS
 from dsbs.train.plan import GPU_MEM_GB
 
@@ -280,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument(
         "--max-bad-fraction",
         type=float,
-        default=default_of(DataConfig, "max_bad_fraction"),
-        help="fail when more than this share of rows is bad (data.max_bad_fraction's default)",
+        default=MAX_BAD_FRACTION,
+        help=f"fail when more than this share of rows is bad (default {MAX_BAD_FRACTION:g})",
     )
     synth_cmd = data_cmds.add_parser("synth", help="write the project's synthetic labeled data")
     synth_cmd.add_argument("--task", required=True, choices=sorted(SYNTH_TASKS))
@@ -315,18 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     try:
         print(handler(args))
-    except ConfigError as err:
-        print(f"dsbs: config error: {err}", file=sys.stderr)
-        return 2
-    except (
-        BadInputError,
-        StorageError,
-        GenerationError,
-        FileNotFoundError,
-        ValueError,
-    ) as err:
-        print(f"dsbs: error: {err}", file=sys.stderr)
-        return 1
+    except DsbsError as err:
+        # dsbs's own failures say what to change; anything else is a bug and keeps its traceback.
+        print(f"dsbs: {err.kind}: {err}", file=sys.stderr)
+        return err.exit_code
     return 0
 
 

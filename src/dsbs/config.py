@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dsbs.errors import UsageError
+
 TaskName = Literal["svamp", "cqa", "anli1", "esnli", "free"]
 TrainMode = Literal["standard_finetune", "standard_distill", "distill_step_by_step"]
 StudentPreset = Literal[
@@ -45,7 +47,7 @@ def adafactor_problem(zero_stage: int, precision: str) -> str | None:
     )
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration problem, with the dotted key and where the value came from."""
 
 
@@ -69,17 +71,12 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where the examples come from and how much bad input is tolerated."""
+    """Where the examples come from (bad rows count against generate.max_error_fraction)."""
 
     OUTPUT_KEYS = frozenset(
         {
             "task",
             "source",
-        }
-    )
-    RUN_KEYS = frozenset(
-        {
-            "max_bad_fraction",
         }
     )
 
@@ -88,8 +85,6 @@ class DataConfig(_Section):
     source: str = "runs/demo/synth.jsonl"
     """Input rows: a jsonl/parquet/csv file or folder, local or s3://, or `hf:NAME` / a
     `save_to_disk` folder. The default is what `dsbs data synth` writes for the demo."""
-    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
-    """Fraction of malformed rows tolerated before a stage fails (quarantined rows count)."""
 
 
 class TeacherConfig(_Section):

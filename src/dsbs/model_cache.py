@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dsbs import storage
+from dsbs.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def download_s3(prefix: str, root: Path) -> Path:
     """
     objects = storage.list_objects(prefix)
     if not objects:
-        raise FileNotFoundError(f"{prefix}: no files under this prefix")
+        raise NotFoundError(f"{prefix}: no files under this prefix")
     content = json.dumps([prefix, sorted(objects)])
     target = root / "s3" / hashlib.sha256(content.encode()).hexdigest()[:16]
     base = prefix.rstrip("/") + "/"

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from dsbs import storage
+from dsbs.errors import InputError
 
 FIELDS = ("id", "task", "input", "label", "teacher_label", "rationale", "teacher_raw", "meta")
 
@@ -67,14 +68,14 @@ class Record:
         """Builds a record from a jsonl/parquet/csv row; unknown columns are refused.
 
         Raises:
-            ValueError: on a missing `id`/`task`/`input` or an unknown column.
+            InputError: on a missing `id`/`task`/`input` or an unknown column (a ValueError).
         """
         unknown = set(row) - set(FIELDS)
         if unknown:
-            raise ValueError(f"unknown record fields: {sorted(unknown)}")
+            raise InputError(f"unknown record fields: {sorted(unknown)}")
         missing = [name for name in ("id", "task", "input") if not row.get(name)]
         if missing:
-            raise ValueError(f"missing record fields: {missing}")
+            raise InputError(f"missing record fields: {missing}")
         meta = row.get("meta") or {}
         if isinstance(meta, str):
             meta = json.loads(meta)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from dsbs import storage
+from dsbs.errors import NotFoundError
 
 Stage = Literal["generate", "train"]
 
@@ -112,7 +113,7 @@ def current_output(run_dir: str, stage: Stage) -> str:
     root = storage.join(run_dir, stage)
     pointer = read_json(storage.join(root, "manifest.json"))
     if pointer is None:
-        raise FileNotFoundError(f"{root}: no completed {stage} output")
+        raise NotFoundError(f"{root}: no completed {stage} output")
     return storage.join(root, pointer["config_hash"])
 
 

@@ -28,6 +28,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dsbs.errors import DsbsError
+
 Format = Literal["jsonl", "parquet", "csv"]
 FORMATS: dict[str, Format] = {
     ".jsonl": "jsonl",
@@ -37,7 +39,7 @@ FORMATS: dict[str, Format] = {
 }
 
 
-class StorageError(OSError):
+class StorageError(DsbsError, OSError):
     """A path that cannot be read or written, or a file in an unknown format."""
 
 

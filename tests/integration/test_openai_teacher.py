@@ -241,7 +241,7 @@ def test_a_rerun_after_a_teacher_outage_retries_the_rows_that_failed(
     def run():
         return generate_rationales(cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir)
 
-    with pytest.raises(GenerationError, match="error budget"):
+    with pytest.raises(GenerationError, match=r"budget \(generate.max_error_fraction\)"):
         run()
     out = storage.join(
         cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate)

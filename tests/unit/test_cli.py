@@ -1,4 +1,5 @@
 import argparse
+import inspect
 
 import pytest
 
@@ -56,8 +57,10 @@ def test_usage_errors_exit_2():
 
 
 def test_flag_defaults_are_the_config_defaults():
-    """A flag that stands for a config key defaults to that key's default, declared once."""
-    from dsbs.config import DataConfig, TrainConfig
+    """A flag that stands for a setting declared elsewhere defaults to that declaration."""
+    from dsbs.config import TrainConfig
+    from dsbs.data.paper import import_paper
+    from dsbs.data.quarantine import MAX_BAD_FRACTION
 
     parser = cli.build_parser()
     evaluate = parser.parse_args(["evaluate", "--model", "m", "--data", "d"])
@@ -76,4 +79,39 @@ def test_flag_defaults_are_the_config_defaults():
             "o.jsonl",
         ]
     )
-    assert paper.max_bad_fraction == DataConfig().max_bad_fraction
+    budget = inspect.signature(import_paper).parameters["max_bad_fraction"].default
+    assert paper.max_bad_fraction == budget == MAX_BAD_FRACTION
+
+
+def test_dsbs_errors_become_exit_codes_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    """One exception family: each stage's failure is a DsbsError the CLI maps to its status."""
+    from dsbs.config import ConfigError
+    from dsbs.data.quarantine import BadInputError
+    from dsbs.errors import DsbsError, NotFoundError
+    from dsbs.generate import GenerationError
+    from dsbs.storage import StorageError
+    from dsbs.train.trainer import TrainingError
+
+    for error, code in (
+        (ConfigError("train.lr: bad"), 2),
+        (BadInputError("3 of 4 rows are bad"), 1),
+        (GenerationError("over the budget"), 1),
+        (TrainingError("no rows"), 1),
+        (StorageError("s3://b/k: denied"), 1),
+        (NotFoundError("runs/x/train: no completed train output"), 1),
+    ):
+        assert isinstance(error, DsbsError)
+
+        def fail(args, error=error):
+            raise error
+
+        monkeypatch.setitem(cli.COMMANDS, "config show", fail)
+        assert cli.main(["config", "show"]) == code
+        assert capsys.readouterr().err == f"dsbs: {error.kind}: {error}\n"
+
+    def bug(args):
+        raise KeyError("a bug, not a user's error")
+
+    monkeypatch.setitem(cli.COMMANDS, "config show", bug)
+    with pytest.raises(KeyError):
+        cli.main(["config", "show"])

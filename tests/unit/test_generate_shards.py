@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from dsbs import storage
-from dsbs.generate.inputs import Inputs, quarantine_row
+from dsbs.data.quarantine import quarantine_row
+from dsbs.generate.inputs import Inputs
 from dsbs.generate.outcomes import TEACHER_ERROR, UNPARSEABLE
 from dsbs.generate.shards import (
     ShardWriter,

@@ -92,7 +92,7 @@ def test_each_bad_row_is_quarantined_with_file_line_reason(tmp_path, bad_line, k
     summary = import_paper("svamp", str(root), "test", str(out))
     assert summary.rows == 199 and summary.quarantined == 1
     [bad] = _quarantine(out)
-    assert bad["kind"] == kind and detail in bad["detail"]
+    assert bad["reason"] == kind and detail in bad["detail"]
     assert bad["file"].endswith("svamp_test.json") and bad["line"] == 100
     # Alignment is kept: the bad row used up its own teacher output, not the next row's.
     assert summary.teacher_accuracy == 1.0
@@ -105,7 +105,7 @@ def test_more_rows_than_outputs(tmp_path):
     summary = import_paper("svamp", str(root), "test", str(out))
     bad = _quarantine(out)
     assert summary.rows == 298 and [b["line"] for b in bad] == [299, 300]
-    assert {b["kind"] for b in bad} == {"no teacher output"}
+    assert {b["reason"] for b in bad} == {"no teacher output"}
     assert "300 rows but 298 teacher outputs" in bad[0]["detail"]
 
 
@@ -116,7 +116,7 @@ def test_more_outputs_than_rows(tmp_path):
     summary = import_paper("svamp", str(root), "test", str(out))
     [bad] = _quarantine(out)
     assert summary.rows == 200
-    assert bad["kind"] == "teacher output without a row"
+    assert bad["reason"] == "teacher output without a row"
     assert bad["file"].endswith("test_CoT_0.json") and bad["line"] == 201
 
 
@@ -127,7 +127,9 @@ def test_non_text_teacher_output(tmp_path):
     summary = import_paper("svamp", str(root), "test", str(out))
     [bad] = _quarantine(out)
     assert (
-        summary.quarantined == 1 and bad["kind"] == "teacher output not text" and bad["line"] == 151
+        summary.quarantined == 1
+        and bad["reason"] == "teacher output not text"
+        and bad["line"] == 151
     )
 
 
@@ -136,9 +138,11 @@ def test_past_the_budget_fails_loudly_without_output(tmp_path):
     lines = [GOOD] * 95 + [b"{oops"] * 5
     _write_bad_dataset(root, lines, ["The answer is (2 + 3)."] * 100)
     out = tmp_path / "o.jsonl"
-    with pytest.raises(
-        BadInputError, match=r"5 of 100 rows are bad \(5.0%\), over the 1.0% budget"
-    ):
+    budget = (
+        r"5 of 100 rows are bad \(5.0%: 5 malformed JSON\), "
+        r"over the 1.0% budget \(--max-bad-fraction\)"
+    )
+    with pytest.raises(BadInputError, match=budget):
         import_paper("svamp", str(root), "test", str(out))
     assert not out.exists()
     assert len(_quarantine(out)) == 5

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from dsbs import storage
-from dsbs.config import DataConfig, default_of
-from dsbs.data.quarantine import Quarantine, quarantine_path
+from dsbs.data.quarantine import MAX_BAD_FRACTION, Quarantine, check_budget, quarantine_path
+from dsbs.errors import UsageError
 from dsbs.records import IdAssigner, Record, write_records
 from dsbs.tasks import accuracy, get_task
 
@@ -89,7 +89,7 @@ def import_paper(
     root: str,
     split: str,
     out: str,
-    max_bad_fraction: float = default_of(DataConfig, "max_bad_fraction"),
+    max_bad_fraction: float = MAX_BAD_FRACTION,
 ) -> ImportSummary:
     """Reads one split of a paper dataset with its teacher outputs and writes records.
 
@@ -107,16 +107,16 @@ def import_paper(
         The summary (its `line()` is what the CLI prints).
 
     Raises:
-        ValueError: for an unknown dataset or split.
+        UsageError: for an unknown dataset or split.
         StorageError: when the data or teacher output files are missing or unreadable.
         BadInputError: past the budget; the quarantine file is written, the output is not.
     """
     if dataset not in PAPER_DATASETS:
-        raise ValueError(
+        raise UsageError(
             f"unknown dataset '{dataset}'; expected one of {', '.join(PAPER_DATASETS)}"
         )
     if split not in SPLITS:
-        raise ValueError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
+        raise UsageError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
     task = get_task(dataset)
     data_file = storage.join(root, dataset, f"{dataset}_{split}.json")
     output_files = _output_files(root, dataset, split)
@@ -184,7 +184,13 @@ def import_paper(
         )
     where = quarantine_path(out)
     quarantine.write(where)
-    quarantine.check_budget(max(len(rows), len(outputs)), max_bad_fraction, where)
+    check_budget(
+        quarantine.by_reason,
+        max(len(rows), len(outputs)),
+        max_bad_fraction,
+        "--max-bad-fraction",
+        where,
+    )
     write_records(out, records)
     labeled = [(r.teacher_label, r.label) for r in records if r.label is not None]
     summary = ImportSummary(

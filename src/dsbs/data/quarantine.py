@@ -1,57 +1,112 @@
-"""Quarantine: bad input is kept with file, line and reason, never dropped silently.
+"""Quarantine: bad input is kept with its reason, never dropped silently; one error budget.
 
-Bad rows are counted by kind, written next to the output, and checked against an error
-budget that fails the stage loudly when passed.
+Paper import, generation inputs and generation outputs write the same quarantine rows
+(`quarantine_row`: `id`, `reason`, `detail`, `file`, `line`, `raw`, plus what helps to repair
+the row), count them by reason, and check them against the same budget (`check_budget`),
+which fails the stage loudly, naming the setting, the counts and where the rows are.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from typing import Any
 
 from dsbs import storage
+from dsbs.errors import DsbsError, InputError
 
 log = logging.getLogger(__name__)
 
 LOGGED_ROWS = 20
 """Bad rows logged one by one before the log points to the quarantine file instead."""
 
+MAX_BAD_FRACTION = 0.01
+"""The share of bad rows `dsbs data import-paper` tolerates unless told otherwise."""
 
-class BadInputError(RuntimeError):
+
+class BadInputError(InputError):
     """More bad rows than the budget allows; the message says how many and where they are."""
 
 
-@dataclass(frozen=True)
-class BadRow:
-    """One quarantined row."""
+def quarantine_row(
+    row_id: str,
+    reason: str,
+    detail: str,
+    file: str = "",
+    line: int = 0,
+    raw: str = "",
+    **context: Any,
+) -> dict[str, Any]:
+    """One quarantine entry: the row's id, why it was set aside, and what helps to repair it.
 
-    kind: str
-    """Short reason used for counting (`malformed JSON`, `missing field`, ...)."""
-    file: str
-    """Source file."""
-    line: int
-    """1-based line (or list index + 1 for JSON list files)."""
-    detail: str
-    """The full reason."""
-    raw: str = ""
-    """The row's raw text, for repair."""
+    Args:
+        row_id: the row's id ("" where the row never got one).
+        reason: short, countable (`malformed JSON`, `teacher error`, `gold mismatch`, ...).
+        detail: the full reason.
+        file: the source file, where the row came from one.
+        line: its 1-based line (or list index + 1 in a JSON list), 0 where there is none.
+        raw: the row's raw text.
+        context: stage-specific fields (the teacher's texts, the input, token counts).
+    """
+    return {
+        "id": row_id,
+        "reason": reason,
+        "detail": detail,
+        "file": file,
+        "line": line,
+        "raw": raw,
+        **context,
+    }
+
+
+def check_budget(
+    bad: Mapping[str, int],
+    total: int,
+    max_fraction: float,
+    setting: str,
+    where: str,
+    error: type[DsbsError] = BadInputError,
+) -> None:
+    """Fails when the bad rows' share of `total` passes `max_fraction`.
+
+    Args:
+        bad: bad rows by reason.
+        total: all rows.
+        max_fraction: the budget.
+        setting: the key or flag that sets the budget, for the message.
+        where: the quarantine file or folder, for the message.
+        error: the stage's own DsbsError to raise.
+
+    Raises:
+        error: naming the counts by reason, the budget, its setting and the quarantine.
+    """
+    count = sum(bad.values())
+    if total == 0 or count <= max_fraction * total:
+        return
+    reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(bad).most_common() if n)
+    raise error(
+        f"{count} of {total} rows are bad ({count / total:.1%}: {reasons}), over the "
+        f"{max_fraction:.1%} budget ({setting}); see {where}"
+    )
 
 
 class Quarantine:
-    """Collects bad rows and decides whether a stage may go on."""
+    """Collects one stage's bad rows, logs the first ones, and writes them as jsonl."""
 
     def __init__(self) -> None:
-        self.rows: list[BadRow] = []
-        self.by_kind: Counter[str] = Counter()
+        self.rows: list[dict[str, Any]] = []
+        self.by_reason: Counter[str] = Counter()
 
-    def add(self, kind: str, file: str, line: int, detail: str, raw: str = "") -> None:
+    def add(
+        self, reason: str, file: str, line: int, detail: str, raw: str = "", row_id: str = ""
+    ) -> None:
         """Records a bad row and logs it with file, line and reason."""
-        self.rows.append(BadRow(kind, file, line, detail, raw))
-        self.by_kind[kind] += 1
+        self.rows.append(quarantine_row(row_id, reason, detail, file, line, raw))
+        self.by_reason[reason] += 1
         # The first rows are logged for a quick look; all of them go to the quarantine file.
         if len(self.rows) <= LOGGED_ROWS:
-            log.warning("%s:%d: %s: %s", file, line, kind, detail)
+            log.warning("%s:%d: %s: %s", file, line, reason, detail)
         elif len(self.rows) == LOGGED_ROWS + 1:
             log.warning("more bad rows: see the quarantine file")
 
@@ -64,21 +119,7 @@ class Quarantine:
         The file is written even when empty, so that no stale file from an earlier run is
         mistaken for this one's.
         """
-        storage.write_rows(uri, (asdict(row) for row in self.rows), "jsonl")
-
-    def check_budget(self, total: int, max_fraction: float, where: str) -> None:
-        """Fails when the bad share of `total` rows passes `max_fraction`.
-
-        Raises:
-            BadInputError: naming the counts by kind, the budget and the quarantine file.
-        """
-        if total == 0 or len(self) / total <= max_fraction:
-            return
-        kinds = ", ".join(f"{n} {kind}" for kind, n in self.by_kind.most_common())
-        raise BadInputError(
-            f"{len(self)} of {total} rows are bad ({len(self) / total:.1%}), over the "
-            f"{max_fraction:.1%} budget ({kinds}); see {where}"
-        )
+        storage.write_rows(uri, self.rows, "jsonl")
 
 
 def quarantine_path(out: str) -> str:

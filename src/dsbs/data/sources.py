@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsbs import storage
+from dsbs.errors import InputError
 
 if TYPE_CHECKING:
     import datasets
@@ -51,7 +52,7 @@ def load_hf(source: str, split: str = "train") -> datasets.Dataset:
     loaded = datasets.load_from_disk(source)
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise ValueError(f"{source}: no split '{split}' (has {', '.join(loaded)})")
+            raise InputError(f"{source}: no split '{split}' (has {', '.join(loaded)})")
         return loaded[split]
     return loaded
 

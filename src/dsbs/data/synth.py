@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dsbs.errors import UsageError
 from dsbs.records import IdAssigner, Record, write_records
 from dsbs.tasks import get_task, safe_math
 
@@ -293,7 +294,7 @@ def synth_arithmetic(
     ids, records = IdAssigner(), []
     names = sorted(t for t in TEMPLATES if template_ops(t) <= max_ops)
     if not names:
-        raise ValueError(f"max_ops must be between 1 and {MAX_OPS}")
+        raise UsageError(f"max_ops must be between 1 and {MAX_OPS}")
     for _ in range(n):
         template = rng.choice(names)
         name, friend = rng.sample(NAMES, 2)
@@ -332,14 +333,14 @@ def synth(
         The one-line summary.
 
     Raises:
-        ValueError: for an unknown task, a non-positive `n` or a `max_ops` out of range.
+        UsageError: for an unknown task, a non-positive `n` or a `max_ops` out of range.
     """
     if task not in SYNTH_TASKS:
-        raise ValueError(
+        raise UsageError(
             f"unknown synthetic task '{task}'; expected one of {', '.join(SYNTH_TASKS)}"
         )
     if n <= 0:
-        raise ValueError("n must be positive")
+        raise UsageError("n must be positive")
     records = SYNTH_TASKS[task](n, seed, rationales, max_ops)
     write_records(out, records)
     templates = len({r.meta["template"] for r in records})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsbs import storage
+from dsbs.data.quarantine import quarantine_row
 from dsbs.data.sources import iter_source_rows
 from dsbs.generate.outcomes import BAD_ROW
 from dsbs.records import FIELDS, IdAssigner, Record, write_records
@@ -39,11 +40,6 @@ class Inputs:
     """Rows whose id repeated an earlier one (kept, suffixed)."""
     counts: list[int]
     """Rows in each shard, in the order of `files`."""
-
-
-def quarantine_row(row_id: str, reason: str, detail: str, **extra: Any) -> dict[str, Any]:
-    """A quarantine entry: the id, why, and whatever helps to repair it."""
-    return {"id": row_id, "reason": reason, "detail": detail, **extra}
 
 
 def _as_record(task: Task, data: dict[str, Any], ids: IdAssigner) -> Record:

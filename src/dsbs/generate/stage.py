@@ -34,8 +34,10 @@ from tqdm import tqdm
 from dsbs import storage
 from dsbs.cluster import ensure_ray, start_serve
 from dsbs.config import DataConfig, GenerateConfig, ServeConfig, TeacherConfig
+from dsbs.data.quarantine import check_budget, quarantine_row
+from dsbs.errors import DsbsError
 from dsbs.generate.engines import TEACHERS
-from dsbs.generate.inputs import Inputs, prepare_inputs, quarantine_row
+from dsbs.generate.inputs import Inputs, prepare_inputs
 from dsbs.generate.outcomes import (
     BAD_ROW,
     ERROR_REASONS,
@@ -114,8 +116,11 @@ SCHEMA_VERSION = 2
 """Bumped when the output format changes, so old outputs are not resumed into."""
 
 
-class GenerationError(RuntimeError):
-    """The stage failed: too many errors, or the teacher could not be started."""
+class GenerationError(DsbsError):
+    """The stage failed: past the error budget, or the teacher could not be started.
+
+    The budget (generate.max_error_fraction) counts bad input rows and teacher errors.
+    """
 
 
 @dataclass(frozen=True)
@@ -180,13 +185,15 @@ def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConf
     )
 
 
-def _check_budget(errors: int, total: int, max_fraction: float, out_dir: str) -> None:
-    if total and errors > max_fraction * total:
-        raise GenerationError(
-            f"{errors} of {total} inputs failed ({errors / total:.1%}), over the "
-            f"{max_fraction:.1%} error budget (generate.max_error_fraction); "
-            f"see {storage.join(out_dir, 'quarantine')}"
-        )
+def _check_budget(errors: Counter[str], total: int, max_fraction: float, out_dir: str) -> None:
+    check_budget(
+        errors,
+        total,
+        max_fraction,
+        "generate.max_error_fraction",
+        storage.join(out_dir, "quarantine"),
+        error=GenerationError,
+    )
 
 
 def _deploy_teacher(teacher: TeacherConfig, loader: Callable[[TeacherConfig], Any] | None) -> None:
@@ -364,7 +371,7 @@ def generate_rationales(
         log.info("retrying %d rows that failed at the teacher in an earlier run", plan.retried)
     # The budget counts bad input rows (final) and this run's teacher errors, so an earlier
     # outage does not fail every rerun before its first call.
-    errors = inputs.bad
+    errors = Counter({BAD_ROW: inputs.bad})
     _check_budget(errors, total, generate.max_error_fraction, out_dir)
     todo = inputs.rows - plan.skipped
     calls, output_tokens, retries = 0, 0, 0
@@ -400,7 +407,8 @@ def generate_rationales(
                         output_tokens += row["output_tokens"] or 0
                         retries += row["attempts"] - 1
                         latencies.add(row["latency_s"])
-                        errors += bad is not None and bad["reason"] in ERROR_REASONS
+                        if bad is not None and bad["reason"] in ERROR_REASONS:
+                            errors[bad["reason"]] += 1
                     _check_budget(errors, total, generate.max_error_fraction, out_dir)
             load = watch.last
             # Throughput counts the streaming phase only: the teacher's start-up and its

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbs import storage
+from dsbs.errors import NotFoundError
 from dsbs.model_cache import fetch_folder
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def read_student_info(folder: str) -> StudentInfo:
     """
     path = Path(folder) / STUDENT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {STUDENT_FILE}; not a finished dsbs student export")
+        raise NotFoundError(f"{folder}: no {STUDENT_FILE}; not a finished dsbs student export")
     return StudentInfo(**json.loads(path.read_text()))
 
 

@@ -9,7 +9,7 @@ which turns it into a normalised label (or None). Parsers never raise on any tex
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -119,6 +119,17 @@ def split_answer(text: str) -> tuple[str, str | None]:
 def collapse(text: str) -> str:
     """Lower case with single spaces and no surrounding punctuation, for label comparison."""
     return " ".join(text.lower().split()).strip(" .,:;!?\"'`")
+
+
+def optional_label(
+    row: Mapping[str, Any], names: Sequence[str], normalize: Callable[[str], str | None]
+) -> str | None:
+    """The first present, non-empty field among `names`, normalised; None when there is none."""
+    for name in names:
+        value = row.get(name)
+        if value not in (None, ""):
+            return normalize(str(value))
+    return None
 
 
 def required_text(row: Mapping[str, Any], *names: str) -> str:

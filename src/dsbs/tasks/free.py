@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dsbs.tasks.base import Exemplar, Parsed, collapse, required_text, split_answer
+from dsbs.tasks.base import (
+    Exemplar,
+    Parsed,
+    collapse,
+    optional_label,
+    required_text,
+    split_answer,
+)
 
 EXEMPLARS = (
     Exemplar(
@@ -49,11 +56,7 @@ class FreeLabelTask:
 
     def gold_label(self, row: Mapping[str, Any]) -> str | None:
         """The label text, normalised; None when unlabeled."""
-        for name in ("label", "answer", "output"):
-            value = row.get(name)
-            if value not in (None, ""):
-                return self.normalize(str(value))
-        return None
+        return optional_label(row, ("label", "answer", "output"), self.normalize)
 
     def row_meta(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Free rows carry no extras."""

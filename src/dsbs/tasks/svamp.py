@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dsbs.tasks import safe_math
-from dsbs.tasks.base import Exemplar, Parsed, required_text, split_answer
+from dsbs.tasks.base import Exemplar, Parsed, optional_label, required_text, split_answer
 
 # The longest run of arithmetic characters that starts like a number or a bracket.
 _EXPRESSION = re.compile(r"[-(.\d][\d\s.+\-*/()×÷]*")
@@ -79,11 +79,7 @@ class ArithmeticTask:
 
     def gold_label(self, row: Mapping[str, Any]) -> str | None:
         """The gold equation, canonical; None when the row has none."""
-        for name in ("label", "Equation", "equation"):
-            value = row.get(name)
-            if value not in (None, ""):
-                return self.normalize(str(value))
-        return None
+        return optional_label(row, ("label", "Equation", "equation"), self.normalize)
 
     def row_meta(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Arithmetic rows carry no extras."""

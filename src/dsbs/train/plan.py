@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from dsbs.errors import UsageError
+
 GIB = 1024**3
 RUNTIME_OVERHEAD_BYTES = int(1.5 * GIB)
 """CUDA context, NCCL buffers and allocator slack, per GPU."""
@@ -57,7 +59,7 @@ class PlanInput:
         if self.optimizer == "adafactor" and (
             problem := adafactor_problem(self.zero_stage, self.precision)
         ):
-            raise ValueError(problem)
+            raise UsageError(problem)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 from dsbs import storage
 from dsbs.cluster import ensure_ray
 from dsbs.config import StudentConfig, TrainConfig
+from dsbs.errors import DsbsError
 from dsbs.rundir import StageOutput, current_rationales, read_json, stage_hash
 from dsbs.student.tokenizer import train_tokenizer
 from dsbs.train.data import (
@@ -51,7 +52,7 @@ SCHEMA_VERSION = 3
 (3: the split shards' label column is `target_label`)."""
 
 
-class TrainingError(ValueError):
+class TrainingError(DsbsError, ValueError):
     """The training stage could not run: no usable rows, or too few for the batch size."""
 
 
