@@ -20,9 +20,14 @@ pytestmark = pytest.mark.slow
 
 
 def _check_run_dir(run: Path) -> dict:
+    for stage in ("generate", "train"):  # one manifest schema for every stage's output
+        pointer = json.loads((run / stage / "manifest.json").read_text())
+        output = json.loads((run / stage / pointer["config_hash"] / "manifest.json").read_text())
+        assert output["stage"] == stage and output["config_hash"] == pointer["config_hash"]
+        assert output["complete"] is True and output["counts"]
     generate = json.loads((run / "generate" / "manifest.json").read_text())
     gen_dir = run / "generate" / generate["config_hash"]
-    assert (gen_dir / "stats.json").is_file() and (gen_dir / "manifest.json").is_file()
+    assert (gen_dir / "stats.json").is_file()
     assert list((gen_dir / "data").glob("*.parquet"))
     train = json.loads((run / "train" / "manifest.json").read_text())
     train_dir = run / "train" / train["config_hash"]
@@ -77,15 +82,18 @@ def test_pipeline_by_ray_job_submit_then_rerun_by_dsbs_run_skips_done_stages(tmp
     assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
     assert "run: student test accuracy" in output, output[-6000:]
     first = _check_run_dir(run)
+    trained = next((run / "train").glob("*/metrics.json")).stat().st_mtime_ns
 
     # A rerun with the console script on the same run directory: nothing to generate or
     # train again (no teacher starts), the student is served and asked again, report rewritten.
     rerun = run_command([str(BIN / "dsbs"), "run", "--config", TINY_CONFIG, *overrides], env, 600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert rerun.stdout.startswith("run: student test accuracy"), rerun.stdout
-    assert "0 teacher calls (32 rows already done," in rerun.stderr
-    assert "already trained; nothing to do" in rerun.stderr
     second = _check_run_dir(run)
+    stats = json.loads(next((run / "generate").glob("*/stats.json")).read_text())
+    assert stats["this_run"]["teacher_calls"] == 0
+    assert stats["this_run"]["skipped_already_done"] == 32
+    assert next((run / "train").glob("*/metrics.json")).stat().st_mtime_ns == trained
     assert second["student"]["test_accuracy"] == first["student"]["test_accuracy"]
     assert second["smoke_test"] == first["smoke_test"]
     assert second["stage_seconds"]["generate"] < first["stage_seconds"]["generate"]
