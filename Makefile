@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dsbs-installed
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format typecheck demo sweep bench image gpu-wheels clean
+.PHONY: setup test test-fast lint format typecheck demo sweep bench chaos image gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,15 @@ bench: setup
 	$(BIN)/python benchmarks/learning_check.py --steps 400
 	$(BIN)/python benchmarks/serve_throughput.py --clients 32 --seconds 20 --repeats 2
 	$(BIN)/python benchmarks/decode_threads.py --threads 1 2
+
+# The reliability suite (RELIABILITY.md): hostile input at about a thousand cases per reader,
+# and the fault scenarios of generation, training and serving, each recording its figures.
+CHAOS_RESULTS := runs/chaos/results.jsonl
+chaos: setup
+	mkdir -p runs/chaos && rm -f $(CHAOS_RESULTS)
+	DSBS_CHAOS_RESULTS=$(CURDIR)/$(CHAOS_RESULTS) HYPOTHESIS_PROFILE=chaos \
+		$(BIN)/python -m pytest -m chaos $(PYTEST_ARGS)
+	$(BIN)/python benchmarks/reliability_report.py $(CHAOS_RESULTS) RELIABILITY.md
 
 # The CPU image with podman, without registry access (installs podman on Debian; see docker/).
 image:

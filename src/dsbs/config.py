@@ -645,12 +645,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     """Splits `a.b.c=value` into the key and a YAML-typed value (`0.3`, `true`, `[1, 2]`).
 
     Raises:
-        ConfigError: when the text has no `=` or no key.
+        ConfigError: when the text has no `=` or no key, or the value is not YAML.
     """
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{text}': expected key=value, e.g. train.alpha=0.3")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML: {err}") from err
     return key.strip(), value
 
 
@@ -684,7 +687,7 @@ def load_config(
         origin = str(path)
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"{origin}: cannot read config: {err}") from err
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{origin}: top level must be a mapping of sections")

@@ -30,6 +30,9 @@ import pyarrow.parquet as pq
 
 from dsbs.errors import DsbsError
 
+CSV_FIELD_LIMIT = 64 * 2**20
+"""Longest CSV field read, in characters (Python's own limit is 128 KiB)."""
+
 Format = Literal["jsonl", "parquet", "csv"]
 FORMATS: dict[str, Format] = {
     ".jsonl": "jsonl",
@@ -374,13 +377,20 @@ def _iter_csv(uri: str, data: bytes) -> Iterator[SourceRow]:
         # csv has no reliable line framing inside quoted fields, so a bad byte fails the file.
         line = data[: err.start].count(b"\n") + 1
         raise StorageError(f"{uri}:{line}: not UTF-8 (byte {err.start})") from err
+    # Python's csv stops at 128 KiB per field; a long document is a legitimate input.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        line = reader.line_num
-        if None in row or any(value is None for value in row.values()):
-            yield SourceRow(uri, line, None, "wrong number of fields", json.dumps(row, default=str))
-            continue
-        yield SourceRow(uri, line, dict(row))
+    try:
+        for row in reader:
+            line = reader.line_num
+            if None in row or any(value is None for value in row.values()):
+                raw = json.dumps(row, default=str)
+                yield SourceRow(uri, line, None, "wrong number of fields", raw)
+                continue
+            yield SourceRow(uri, line, dict(row))
+    except csv.Error as err:
+        # The csv module cannot resume after a framing error, so it fails the file, by line.
+        raise StorageError(f"{uri}:{reader.line_num}: malformed CSV: {err}") from err
 
 
 def read_rows(uri: str) -> list[dict[str, Any]]:

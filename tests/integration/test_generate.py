@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from chaos_record import record
 from ports import free_port
 
 from dsbs import storage
@@ -130,6 +131,21 @@ def _assert_exactly_once(cfg, rows: int = ROWS) -> tuple[list[str], list[dict]]:
     return data, quarantine
 
 
+def _record_exactly_once(cfg, scenario: str, injected: str) -> None:
+    """The chaos record of a generation run: rows in, written, errors, rows lost."""
+    inputs, data, quarantine = _ids(cfg)
+    ended = set(data) | {q["id"] for q in quarantine}
+    record(
+        scenario=scenario,
+        injected=injected,
+        sent=len(inputs) + sum(q["reason"] == "bad row" for q in quarantine),
+        answered=len(data),
+        errors=sum(q["reason"] == "teacher error" for q in quarantine),
+        lost=len(set(inputs) - ended),
+        detail=f"{len(quarantine)} quarantined with a reason (2 bad input rows among them)",
+    )
+
+
 def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, tmp_path):
     cfg, _ = _config(tmp_path, "e2e", ray_head)
     summary = generate_rationales(
@@ -163,6 +179,7 @@ def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, t
     _assert_exactly_once(cfg)
 
 
+@pytest.mark.chaos
 def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
     # Few requests in flight and more rows, so that answers trickle in and the kill lands
     # part-way through.
@@ -190,6 +207,9 @@ def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
     assert summary.teacher_calls == rows - done_before  # only the missing ones
     assert summary.skipped == done_before
     _assert_exactly_once(cfg, rows)
+    _record_exactly_once(
+        cfg, "generation: driver killed, rerun", "SIGKILL of the job's driver after a shard"
+    )
 
 
 def _replica_pid() -> int:
@@ -207,6 +227,7 @@ def _replica_pid() -> int:
     raise AssertionError("no teacher replica is alive")
 
 
+@pytest.mark.chaos
 def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
     cfg, _ = _config(tmp_path, "replica", ray_head)
     done_dir = Path(_out_dir(cfg), "done")
@@ -238,6 +259,9 @@ def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
     # Requests in flight on the dead replica were retried on its replacement.
     assert not [q for q in quarantine if q["reason"] == "teacher error"]
     assert result["summary"].teacher_calls == ROWS
+    _record_exactly_once(
+        cfg, "generation: teacher replica killed", "SIGKILL of the vLLM replica mid-run"
+    )
 
 
 def test_the_teacher_app_answers_openai_routes_over_http(ray_head, tmp_path):

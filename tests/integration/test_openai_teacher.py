@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
+from chaos_record import record
 from ports import free_port
 
 from dsbs import storage
@@ -213,6 +214,7 @@ def test_generate_with_the_openai_engine(vllm_server, ray_cluster, tmp_path):
     assert proxy.seen[:3] == [503, 429, 503] and proxy.seen.count(200) == ROWS
 
 
+@pytest.mark.chaos
 def test_a_rerun_after_a_teacher_outage_retries_the_rows_that_failed(
     vllm_server, ray_cluster, tmp_path
 ):
@@ -265,3 +267,12 @@ def test_a_rerun_after_a_teacher_outage_retries_the_rows_that_failed(
     assert not [q for q in final if q["reason"] == "teacher error"]
     assert set(failed) <= set(data) | {q["id"] for q in final}
     assert summary.teacher_calls == ROWS  # nothing final was quarantined by the outage
+    record(
+        scenario="generation: teacher unreachable, then back",
+        injected="every teacher call answered 503 (run fails on its budget), then the rerun",
+        sent=len(inputs),
+        answered=len(data),
+        errors=sum(q["reason"] == "teacher error" for q in final),
+        lost=len(set(inputs) - set(data) - {q["id"] for q in final}),
+        detail=f"{len(failed)} rows failed in the outage, all retried by the rerun",
+    )

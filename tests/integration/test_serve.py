@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from chaos_record import record
 
 from dsbs import storage
 from dsbs.config import ServeConfig
@@ -138,6 +139,18 @@ class _Load:
     def errors(self) -> int:
         return sum(count for status, count in self.statuses.items() if status != 200)
 
+    def record(self, scenario: str, injected: str, detail: str = "") -> None:
+        """The chaos record of this load: requests sent, answered, errors, never answered."""
+        record(
+            scenario=scenario,
+            injected=injected,
+            sent=sum(self.statuses.values()),
+            answered=self.statuses[200],
+            errors=self.errors(),
+            lost=self.statuses[0],
+            detail=detail or f"statuses {dict(sorted(self.statuses.items()))}",
+        )
+
     def wait_answered(self, n: int, since: float = 0.0, timeout_s: float = 120) -> None:
         """Waits until `n` requests were answered after `since` (a time.monotonic())."""
         _wait_for(
@@ -229,6 +242,7 @@ def _wait_for(predicate, timeout_s: float, what: str) -> float:
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
+@pytest.mark.chaos
 def test_replicas_scale_out_under_load_and_back_in_after(serve_port, tiny_student):
     cfg = _config(
         serve_port,
@@ -247,10 +261,16 @@ def test_replicas_scale_out_under_load_and_back_in_after(serve_port, tiny_studen
         down = _wait_for(lambda: _running_replicas() == 1, 120, "scale back in to 1 replica")
         print(f"scaled out after {up:.1f} s of load, back in {down:.1f} s after it stopped")
         assert load.errors() == 0, load.statuses
+        load.record(
+            "serving: scale out and in under load",
+            "6 clients against 1 replica (target 1 ongoing request), then none",
+            f"out to 2 replicas after {up:.0f} s, back to 1 {down:.0f} s after the load",
+        )
     finally:
         stop_student()
 
 
+@pytest.mark.chaos
 def test_a_replica_killed_under_load_does_not_stop_the_answers(serve_port, tiny_student):
     import ray
 
@@ -271,6 +291,7 @@ def test_a_replica_killed_under_load_does_not_stop_the_answers(serve_port, tiny_
         print(f"replica killed under load: {load.statuses[200]} answered, {load.errors()} errors")
         # The ingress retries a request whose replica died on the surviving one.
         assert load.errors() == 0, load.statuses
+        load.record("serving: a replica killed under load", "ray.kill of 1 of 2 replicas")
     finally:
         stop_student()
 
@@ -349,6 +370,7 @@ def test_health_asks_a_predictor_and_turns_503_when_none_answers(serve_port, tin
         stop_student()
 
 
+@pytest.mark.chaos
 def test_a_student_re_published_under_its_prefix_is_served_new_after_a_restart(
     serve_port, tiny_student, s3_bucket
 ):
@@ -376,5 +398,14 @@ def test_a_student_re_published_under_its_prefix_is_served_new_after_a_restart(
         assert after["version"] == "v2" and after["files"] != before["files"], after
         status, body = _predict(base, _questions(1))
         assert status == 200 and body["model"] == "v2"
+        record(
+            scenario="serving: the model re-published while serving",
+            injected="a new export under the same S3 prefix, then the replicas restarted",
+            sent=1,
+            answered=int(status == 200),
+            errors=int(status != 200),
+            lost=0,
+            detail="the restarted replicas serve v2 with the new files' digest, none the old",
+        )
     finally:
         stop_student()

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from chaos_record import record
 
 from dsbs import cli, storage
 from dsbs.config import load_config
@@ -160,6 +161,7 @@ def _training_worker_pids() -> list[int]:
     ]
 
 
+@pytest.mark.chaos
 def test_a_killed_training_worker_resumes_from_the_latest_checkpoint(ray_cluster, data, tmp_path):
     import psutil
 
@@ -197,6 +199,16 @@ def test_a_killed_training_worker_resumes_from_the_latest_checkpoint(ray_cluster
     assert resume and resume[0]["step"] >= 12, resume
     assert [r["step"] for r in history if r["split"] == "train"] == list(range(1, 37))
     assert summary.steps == 36
+    steps = [r["step"] for r in history if r["split"] == "train"]
+    record(
+        scenario="training: a worker killed mid-run",
+        injected=f"SIGKILL of a Ray Train worker after the first checkpoint (pid {killed[0]})",
+        sent=36,
+        answered=summary.steps,
+        errors=0,
+        lost=len(set(range(1, 37)) - set(steps)),
+        detail=f"resumed at step {resume[0]['step']} from its checkpoint; steps 1..36 all logged",
+    )
 
 
 def test_sweep_trains_every_mode_at_every_fraction_and_plots_them(
