@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,10 @@ def _record_exactly_once(cfg, scenario: str, injected: str) -> None:
         answered=len(data),
         errors=sum(q["reason"] == "teacher error" for q in quarantine),
         lost=len(set(inputs) - ended),
-        detail=f"{len(quarantine)} quarantined with a reason (2 bad input rows among them)",
+        detail="quarantined with a reason: "
+        + ", ".join(
+            f"{n} {r}" for r, n in sorted(Counter(q["reason"] for q in quarantine).items())
+        ),
     )
 
 

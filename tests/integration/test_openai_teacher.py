@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -274,5 +275,7 @@ def test_a_rerun_after_a_teacher_outage_retries_the_rows_that_failed(
         answered=len(data),
         errors=sum(q["reason"] == "teacher error" for q in final),
         lost=len(set(inputs) - set(data) - {q["id"] for q in final}),
-        detail=f"{len(failed)} rows failed in the outage, all retried by the rerun",
+        detail=f"{len(failed)} rows failed in the outage, all asked again by the rerun; "
+        + "quarantined with a reason: "
+        + ", ".join(f"{n} {r}" for r, n in sorted(Counter(q["reason"] for q in final).items())),
     )
