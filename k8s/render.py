@@ -539,16 +539,11 @@ def overlay_patches(profile: Profile) -> list[dict[str, Any]]:
                 "value": service["workerGroupSpecs"],
             },
         ]
-        own = teacher_serve_config(profile)
-        if name == "dsbs-teacher" and own != teacher_serve_config(BASE):
-            # The teacher serves the overlay's own teacher section.
-            ops.append(
-                {
-                    "op": "replace",
-                    "path": "/spec/serveConfigV2",
-                    "value": own,
-                }
-            )
+        if name == "dsbs-teacher":
+            own = teacher_serve_config(profile)
+            if own != teacher_serve_config(BASE):
+                # The teacher serves the overlay's own teacher section.
+                ops.append({"op": "replace", "path": "/spec/serveConfigV2", "value": own})
         target = {"group": "ray.io", "version": "v1", "kind": "RayService", "name": name}
         patches.append({"target": target, "ops": ops})
     return patches

@@ -97,6 +97,13 @@ def _config(tmp_path: Path, name: str, address: str, extra: tuple[str, ...] = ()
     return load_config(None, overrides), overrides
 
 
+def _generate(cfg, address: str):
+    """The generate stage on this module's cluster, Serve's proxy on its port."""
+    return generate_rationales(
+        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, address, serve_http=cfg.serve
+    )
+
+
 def _out_dir(cfg) -> str:
     return storage.join(
         cfg.pipeline.run_dir, "generate", config_hash(cfg.data, cfg.teacher, cfg.generate)
@@ -152,9 +159,7 @@ def _record_exactly_once(cfg, scenario: str, injected: str) -> None:
 
 def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, tmp_path):
     cfg, _ = _config(tmp_path, "e2e", ray_head)
-    summary = generate_rationales(
-        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head, serve_http=cfg.serve
-    )
+    summary = _generate(cfg, ray_head)
     data, _ = _assert_exactly_once(cfg)
     assert summary.teacher_calls == ROWS and summary.rows_in == ROWS + 2
     assert summary.written == len(data) > 0
@@ -176,9 +181,7 @@ def test_every_input_ends_up_exactly_once_and_rerun_calls_no_teacher(ray_head, t
     record = read_records(storage.join(_out_dir(cfg), "data"))[0]
     assert record.teacher_raw and record.meta["teacher_tokens"]["output_tokens"] > 0
 
-    again = generate_rationales(
-        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head, serve_http=cfg.serve
-    )
+    again = _generate(cfg, ray_head)
     assert again.teacher_calls == 0 and again.skipped == ROWS and again.written == summary.written
     _assert_exactly_once(cfg)
 
@@ -205,9 +208,7 @@ def test_resume_after_the_driver_is_killed(ray_head, tmp_path):
     done_before = sum(json.loads(f.read_text())["rows"] for f in done_dir.glob("*.json"))
     assert done_before < rows, "the job finished before it could be killed; use more rows"
 
-    summary = generate_rationales(
-        cfg.data, cfg.teacher, cfg.generate, cfg.pipeline.run_dir, ray_head, serve_http=cfg.serve
-    )
+    summary = _generate(cfg, ray_head)
     assert summary.teacher_calls == rows - done_before  # only the missing ones
     assert summary.skipped == done_before
     _assert_exactly_once(cfg, rows)
@@ -239,14 +240,7 @@ def test_a_killed_teacher_replica_loses_nothing(ray_head, tmp_path):
 
     def run() -> None:
         try:
-            result["summary"] = generate_rationales(
-                cfg.data,
-                cfg.teacher,
-                cfg.generate,
-                cfg.pipeline.run_dir,
-                ray_head,
-                serve_http=cfg.serve,
-            )
+            result["summary"] = _generate(cfg, ray_head)
         except BaseException as err:  # surfaced by the assertion below
             result["error"] = err
 
@@ -373,14 +367,7 @@ def test_a_teacher_no_node_can_hold_fails_after_the_startup_timeout(ray_head, tm
     cfg, _ = _config(tmp_path, "unplaceable", ray_head, extra)
     started = time.monotonic()
     with pytest.raises(GenerationError) as caught:
-        generate_rationales(
-            cfg.data,
-            cfg.teacher,
-            cfg.generate,
-            cfg.pipeline.run_dir,
-            ray_head,
-            serve_http=cfg.serve,
-        )
+        _generate(cfg, ray_head)
     assert time.monotonic() - started < 120
     message = str(caught.value)
     assert "teacher.startup_timeout_s=8" in message
