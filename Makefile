@@ -31,6 +31,7 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/python k8s/render.py --check
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.gpu
+	git ls-files -z | xargs -0 $(BIN)/detect-secrets-hook --baseline .secrets.baseline
 
 format: setup
 	$(BIN)/ruff format .

@@ -161,4 +161,5 @@ def test_the_official_openai_client_gets_n_samples_streams_and_reasons(teacher_b
     with pytest.raises(openai.BadRequestError, match="n: Input should be less than or equal"):
         client.completions.create(model=model.id, prompt="Q: hi\nA:", n=99)
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{teacher_base}/v1", api_key="wrong").models.list()
+        wrong = "wrong"  # pragma: allowlist secret
+        openai.OpenAI(base_url=f"{teacher_base}/v1", api_key=wrong).models.list()
