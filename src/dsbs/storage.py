@@ -233,17 +233,25 @@ _UMASK = _current_umask()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Writes `data` atomically: the target holds either its old content or all of `data`."""
+    """Writes `data` atomically: the target holds either its old content or all of `data`.
+
+    Raises:
+        StorageError: when the write fails (disk full, a file size limit, S3 refusing).
+    """
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        # upload_fileobj switches to multipart for large data; S3 publishes the object only
-        # when the upload completes, so readers never see a part of it.
-        s3_client().upload_fileobj(io.BytesIO(data), bucket, key)
+        try:
+            # upload_fileobj switches to multipart for large data; S3 publishes the object
+            # only when the upload completes, so readers never see a part of it.
+            s3_client().upload_fileobj(io.BytesIO(data), bucket, key)
+        except Exception as err:
+            raise StorageError(f"{uri}: cannot write: {err}") from err
         return
     path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the
         # umask), so reports and exports stay readable by whoever may read the run directory.
         os.fchmod(fd, 0o666 & ~_UMASK)
@@ -252,8 +260,11 @@ def write_bytes(uri: str, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise StorageError(f"{uri}: cannot write: {err}") from err
         raise
 
 

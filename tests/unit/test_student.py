@@ -1,8 +1,17 @@
-"""The student's pieces: presets, the export's round trip, and an unfinished export refused."""
+"""The student's pieces: presets, the export's round trip, an unfinished export refused, and
+an export whose writes fail (a real file size limit) leaving the previous one whole."""
+
+import dataclasses
+import resource
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
+from chaos_record import record
 
+from dsbs.storage import StorageError
 from dsbs.student.decode import generate_texts
 from dsbs.student.export import STUDENT_FILE, StudentInfo, load_student, save_student
 from dsbs.student.presets import PRESETS, build_config
@@ -117,3 +126,66 @@ def test_export_in_size_capped_shards_and_the_training_dtype(tiny, tmp_path):
     assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
     as_fp32, _, _ = load_student(str(half), dtype=torch.float32)
     assert next(as_fp32.parameters()).dtype == torch.float32
+
+
+@contextmanager
+def _file_size_limit(max_bytes: int) -> Iterator[None]:
+    """Writes past `max_bytes` fail with EFBIG in this process, as on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the error, not the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.chaos
+def test_an_export_whose_writes_fail_leaves_the_previous_export_whole(tiny, tmp_path):
+    """The export was copied file by file over the old one (a failed copy left old and new files
+    under the old dsbs file), and a failed write was a bare SafetensorError traceback."""
+    model, tokenizer, info = tiny
+    out = tmp_path / "exports" / "student"
+    save_student(model, tokenizer, info, str(out))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+    newer = dataclasses.replace(info, steps=6, version="v2")
+    with _file_size_limit(64 * 1024), pytest.raises(StorageError) as failure:
+        save_student(model, tokenizer, newer, str(out))
+    assert "File too large" in str(failure.value)
+    assert "previous export there is untouched" in str(failure.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_student(str(out))[2] == info
+    assert [p.name for p in out.parent.iterdir()] == ["student"]  # no staging folder left
+    save_student(model, tokenizer, newer, str(out))  # space again: the export goes through
+    assert load_student(str(out))[2] == newer
+    record(
+        "training: writes failing during the export",
+        "a file size limit (EFBIG, as a full disk) while a new export replaces the old",
+        sent=2,
+        answered=1,
+        errors=0,
+        lost=0,
+        detail="the failed export ended in a StorageError naming the file; the previous "
+        "export stayed byte for byte and loadable, no staging folder left; the retry exported",
+    )
+
+
+def test_an_export_re_published_to_s3_drops_the_previous_files(tiny, s3_bucket, tmp_path):
+    """Shards of the previous export stayed under the prefix beside the new model's."""
+    from dsbs import storage
+    from dsbs.student.export import gathered_shards
+
+    model, tokenizer, info = tiny
+    prefix = f"{s3_bucket}/students/republished"
+    parts = gathered_shards(model, torch.float32, 2**18, receive=True)
+    save_student(model, tokenizer, info, prefix, shards=parts, dtype=torch.float32)
+    assert any("-of-" in f for f in storage.list_files(prefix))
+    newer = dataclasses.replace(info, version="v2")
+    save_student(model, tokenizer, newer, prefix)
+    names = {f.rsplit("/", 1)[-1] for f in storage.list_files(prefix)}
+    assert "model.safetensors" in names and not any(n.startswith("model-0") for n in names)
+    assert load_student(prefix, cache_dir=str(tmp_path / "cache"))[2] == newer

@@ -260,3 +260,18 @@ def test_one_reference_label_and_named_sums_give_the_evaluation_metrics():
         "label_accuracy": 0.75,
     }
     assert EvalSums().metrics("test", 1) == {"split": "test", "step": 1, "rows": 0}
+
+
+def test_a_worker_s_dsbs_error_ends_training_as_a_clear_error_and_a_bug_keeps_its_own():
+    """A full disk at export came out of `dsbs train` as Ray's WorkerGroupError traceback."""
+    from ray.train import WorkerGroupError
+
+    from dsbs.storage import StorageError
+    from dsbs.train.trainer import TrainingError, failure_of
+
+    full = StorageError("runs/x/student: the export failed (No space left on device)")
+    clear = failure_of(WorkerGroupError("rank 0 failed", {1: ValueError("x"), 0: full}), 2)
+    assert isinstance(clear, TrainingError)
+    assert str(clear) == f"training failed after 2 restarts: {full}"
+    bug = WorkerGroupError("rank 0 failed", {0: KeyError("step")})
+    assert failure_of(bug, 0) is bug

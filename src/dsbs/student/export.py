@@ -6,23 +6,30 @@
       tokenizer.json, tokenizer_config.json                    (AutoTokenizer)
       dsbs_student.json                                        (StudentInfo; written last)
 
-The export is written file by file through `storage` (local or s3://) with `dsbs_student.json`
-last, so a folder without it is an unfinished export and is refused on load.
+The export is built whole in a folder beside its place and renamed into it (local), or
+uploaded file by file with `dsbs_student.json` last (s3://), so a folder without that file is
+an unfinished export and is refused on load.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from dsbs import storage
 from dsbs.errors import NotFoundError
 from dsbs.model_cache import fetch_folder
+from dsbs.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -100,57 +107,113 @@ def save_student(
     shards: Iterable[dict[str, Any]] | None = None,
     dtype: Any = None,
 ) -> None:
-    """Writes the export to `uri` (local or s3://).
+    """Writes the export to `uri` (local or s3://); a failed write leaves no mix behind.
 
     `shards` (from `gathered_shards`) are written as they come, as size-capped safetensors
     files with Hugging Face's index, so a large model never sits whole in memory; without
     them the model's own weights are saved. `dtype` is what the config records.
+
+    A local export is built in a folder beside `uri` and renamed into place, so a previous
+    export there stays whole until the new one is complete. S3 has no rename: the previous
+    export's dsbs file is removed first and the new one written last, so a failed upload
+    leaves a prefix that loaders refuse, never old and new files served together.
+
+    Raises:
+        StorageError: when a write fails (disk full, a file size limit, S3 refusing).
     """
+    local = not storage.is_s3(uri)
+    beside = Path(uri).parent if local else Path(tempfile.gettempdir())
+    beside.mkdir(parents=True, exist_ok=True)
+    # mkdir, not mkdtemp: the folder keeps the umask's mode when it becomes the export.
+    staging = beside / f".{Path(uri).name}.staging-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        _write_folder(model, tokenizer, staging, shards, dtype)
+        payload = json.dumps(asdict(info), indent=2, sort_keys=True) + "\n"
+        if local:
+            (staging / STUDENT_FILE).write_text(payload)
+            _replace_folder(staging, Path(uri))
+        else:
+            _upload_folder(staging, uri, payload.encode())
+    except (OSError, SafetensorError) as err:
+        kept = "the previous export there is untouched" if local else "the prefix is refused"
+        raise StorageError(f"{uri}: the export failed ({err}); {kept}") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported the student to %s", uri)
+
+
+def _write_folder(
+    model: Any,
+    tokenizer: Any,
+    folder: Path,
+    shards: Iterable[dict[str, Any]] | None,
+    dtype: Any,
+) -> None:
+    """The Hugging Face files of the export (everything but the dsbs file) into `folder`."""
     from safetensors.torch import save_file
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if shards is None:
-            model.save_pretrained(tmp)
-        else:
-            weight_map: dict[str, str] = {}
-            total = 0
-            names = []
-            for i, shard in enumerate(shards):
-                name = f"part-{i:05d}.safetensors"
-                save_file(shard, str(Path(tmp) / name), metadata={"format": "pt"})
-                names.append(name)
-                for key, tensor in shard.items():
-                    weight_map[key] = name
-                    total += tensor.numel() * tensor.element_size()
-            final = (
-                {names[0]: "model.safetensors"}
-                if len(names) == 1
-                else {
-                    n: f"model-{i + 1:05d}-of-{len(names):05d}.safetensors"
-                    for i, n in enumerate(names)
-                }
-            )
-            for old, new in final.items():
-                (Path(tmp) / old).rename(Path(tmp) / new)
-            if len(names) > 1:
-                index = {
-                    "metadata": {"total_size": total},
-                    "weight_map": {k: final[v] for k, v in sorted(weight_map.items())},
-                }
-                (Path(tmp) / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-            config = model.config
-            if dtype is not None:
-                config.dtype = dtype
-            config.save_pretrained(tmp)
-            if model.generation_config is not None:
-                model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
-        for path in files:
-            storage.write_bytes(storage.join(uri, str(path.relative_to(tmp))), path.read_bytes())
-    payload = json.dumps(asdict(info), indent=2, sort_keys=True) + "\n"
-    storage.write_bytes(storage.join(uri, STUDENT_FILE), payload.encode())
-    log.info("exported the student to %s", uri)
+    if shards is None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return
+    weight_map: dict[str, str] = {}
+    total = 0
+    names = []
+    for i, shard in enumerate(shards):
+        name = f"part-{i:05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        names.append(name)
+        for key, tensor in shard.items():
+            weight_map[key] = name
+            total += tensor.numel() * tensor.element_size()
+    final = (
+        {names[0]: "model.safetensors"}
+        if len(names) == 1
+        else {n: f"model-{i + 1:05d}-of-{len(names):05d}.safetensors" for i, n in enumerate(names)}
+    )
+    for old, new in final.items():
+        (folder / old).rename(folder / new)
+    if len(names) > 1:
+        index = {
+            "metadata": {"total_size": total},
+            "weight_map": {k: final[v] for k, v in sorted(weight_map.items())},
+        }
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = model.config
+    if dtype is not None:
+        config.dtype = dtype
+    config.save_pretrained(folder)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Puts `staging` in the place of `target` (two renames on one filesystem)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _upload_folder(staging: Path, uri: str, payload: bytes) -> None:
+    """Uploads `staging` under `uri`: the old dsbs file first out, stale files out, ours last."""
+    marker = storage.join(uri, STUDENT_FILE)
+    storage.delete(marker)
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    written = set()
+    for path in files:
+        target = storage.join(uri, str(path.relative_to(staging)))
+        storage.upload_file(str(path), target)
+        written.add(target)
+    for stale in storage.list_files(uri):
+        if stale not in written:  # a previous export's extra shards
+            storage.delete(stale)
+    storage.write_bytes(marker, payload)
 
 
 def read_student_info(folder: str) -> StudentInfo:

@@ -228,6 +228,7 @@ def fit(
     spec: LoopSpec, manifest: SplitManifest, dataset: Any, ray_address: str | None = None
 ) -> None:
     """Runs the training core on Ray Train workers, each streaming its split of `dataset`."""
+    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -252,7 +253,23 @@ def fit(
         ),
         datasets={"train": dataset},
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.WorkerGroupError as err:
+        raise failure_of(err, train.max_failures) from err
+
+
+def failure_of(error: Any, max_failures: int) -> BaseException:
+    """What a failed fit raises: a TrainingError naming a worker's dsbs error, or Ray's own.
+
+    A dsbs error (a full disk at export, bad data) needs no traceback; anything else is a bug
+    and keeps Ray's error, traceback and all.
+    """
+    known = [e for e in error.worker_failures.values() if isinstance(e, DsbsError)]
+    if not known:
+        return error
+    restarts = f"after {max_failures} restarts" if max_failures else "with no restarts allowed"
+    return TrainingError(f"training failed {restarts}: {known[0]}")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
