@@ -9,7 +9,8 @@ A folder is trusted only when complete (its marker, written last, lists every fi
 size); it is filled in a staging folder beside it and renamed into place, by one process at a
 time: the others wait on a file lock and find it ready. An s3:// prefix is cached under a key
 of its objects' names, sizes and ETags, so a model re-published under the same prefix is
-fetched again, never served stale.
+fetched again, never served stale; each object's copy is checked against its size and ETag
+and fetched again when it does not match.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from dsbs import storage
 from dsbs.errors import NotFoundError
+from dsbs.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,43 @@ def download_s3(prefix: str, root: Path) -> Path:
     base = prefix.rstrip("/") + "/"
 
     def fill(staging: Path) -> None:
-        for uri, _, _ in objects:
-            storage.download_file(uri, str(staging / uri.removeprefix(base)))
+        for uri, size, etag in objects:
+            fetch_object(uri, str(staging / uri.removeprefix(base)), size, etag)
         log.info("downloaded %d files from %s to %s", len(objects), prefix, target)
 
     return ensure_folder(target, prefix, fill)
+
+
+DOWNLOAD_TRIES = 3
+"""Downloads of one object before a copy that does not match it is an error."""
+
+
+def fetch_object(uri: str, local: str, size: int, etag: str) -> None:
+    """Downloads `uri` to `local` and checks it against the listing's size and ETag.
+
+    A copy that does not match is fetched again, up to DOWNLOAD_TRIES times. A mismatch that
+    repeats byte for byte is no transfer fault but an ETag that is not the MD5 this check
+    computes (an uploader with uneven parts, a server that encrypts): accepted, with a warning.
+
+    Raises:
+        StorageError: when the copies keep differing from the object.
+    """
+    expected = etag.strip('"')
+    seen: set[str] = set()
+    problem = ""
+    for attempt in range(1, DOWNLOAD_TRIES + 1):
+        storage.download_file(uri, local)
+        actual = Path(local).stat().st_size
+        if actual != size:
+            problem = f"has {actual} bytes, the object {size}"
+        else:
+            digest = storage.download_digest(uri, local, etag)
+            if digest is None or digest == expected:
+                return
+            if digest in seen:
+                log.warning("%s: ETag %s is not its MD5 (%s, twice); accepted", uri, etag, digest)
+                return
+            seen.add(digest)
+            problem = f"has the digest {digest}, the object's ETag is {expected}"
+        log.warning("%s: the download %s (try %d of %d)", uri, problem, attempt, DOWNLOAD_TRIES)
+    raise StorageError(f"{uri}: the download {problem} after {DOWNLOAD_TRIES} tries")

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -180,6 +181,50 @@ def download_file(uri: str, local: str) -> None:
             shutil.copyfile(uri, local)
     except Exception as err:
         raise StorageError(f"{uri}: cannot read: {err}") from err
+
+
+# An ETag that may be the MD5 of the content (single part) or of its parts' MD5s ("-N").
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+
+
+def download_digest(uri: str, local: str, etag: str) -> str | None:
+    """The ETag `local` would have as the object `uri`, or None where S3's is no MD5 digest.
+
+    Single-part ETags are the content's MD5; multipart ones the MD5 of the parts' MD5s, with
+    the part size read from the object's first part (uploaders use one part size). Objects
+    encrypted with KMS or customer keys have ETags that are not digests: None.
+    """
+    expected = etag.strip('"')
+    if not is_s3(uri) or not _MD5_ETAG.fullmatch(expected):
+        return None
+    bucket, key = _split_s3(uri)
+    client = s3_client()
+    head = client.head_object(Bucket=bucket, Key=key)
+    if str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get(
+        "SSECustomerAlgorithm"
+    ):
+        return None
+    if "-" not in expected:
+        return _md5_of(local, 0, None).hexdigest()
+    part_size = client.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"]
+    size = Path(local).stat().st_size
+    parts = [_md5_of(local, at, part_size).digest() for at in range(0, size, part_size)]
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"  # noqa: S324 - S3's ETag
+
+
+def _md5_of(local: str, offset: int, length: int | None) -> Any:
+    digest = hashlib.md5()  # noqa: S324 - S3's ETag, not security
+    with open(local, "rb") as handle:
+        handle.seek(offset)
+        left = length
+        while left is None or left > 0:
+            chunk = handle.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest
 
 
 def fingerprint(uri: str) -> str | None:

