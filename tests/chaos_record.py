@@ -12,6 +12,11 @@ import os
 RESULTS_ENV = "DSBS_CHAOS_RESULTS"
 
 
+def full_run() -> bool:
+    """True under `make chaos`: load scenarios run their full length, not make test's short one."""
+    return bool(os.environ.get(RESULTS_ENV))
+
+
 def record(
     scenario: str,
     injected: str,

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from chaos_record import record
+from chaos_record import full_run, record
 
 from dsbs import storage
 from dsbs.config import ServeConfig
@@ -292,6 +292,60 @@ def test_a_replica_killed_under_load_does_not_stop_the_answers(serve_port, tiny_
         # The ingress retries a request whose replica died on the surviving one.
         assert load.errors() == 0, load.statuses
         load.record("serving: a replica killed under load", "ray.kill of 1 of 2 replicas")
+    finally:
+        stop_student()
+
+
+LOCUSTFILE = Path(__file__).parents[1] / "load" / "student_locustfile.py"
+LOCUST_USERS = 24
+LOCUST_SECONDS = 40 if full_run() else 15
+
+
+def _locust(base: str, out: Path) -> dict[str, str]:
+    """Runs locust headless against `base`; its aggregated statistics row."""
+    import csv
+    import subprocess
+    import sys
+
+    prefix = out / "locust"
+    command = [
+        Path(sys.executable).parent / "locust",
+        *("-f", LOCUSTFILE, "--host", base, "--headless", "--only-summary"),
+        *("-u", str(LOCUST_USERS), "-r", str(LOCUST_USERS), "-t", f"{LOCUST_SECONDS}s"),
+        *("--stop-timeout", "60", "--csv", prefix, "--loglevel", "WARNING"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=LOCUST_SECONDS + 120)
+    assert (out / "locust_stats.csv").is_file(), done.stderr[-2000:]
+    with open(out / "locust_stats.csv", newline="") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    return rows["Aggregated"]
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("backend", ["hf", "ctranslate2"])
+def test_locust_load_on_the_student_endpoint_gets_no_5xx(
+    serve_port, tiny_student, tmp_path, backend
+):
+    """A real load tool, tens of users, thousands of requests: every valid one answered 200."""
+    cfg = _config(serve_port, tiny_student, backend=backend, max_batch_size=16)
+    base = start_student(cfg, run_dir="unused")
+    try:
+        stats = _locust(base, tmp_path)
+        sent, failed = int(stats["Request Count"]), int(stats["Failure Count"])
+        p50, p99 = stats["50%"], stats["99%"]
+        print(f"locust {backend}: {sent} requests, {failed} failed, p50 {p50} ms, p99 {p99} ms")
+        assert sent >= 20 * LOCUST_SECONDS, stats
+        assert failed == 0, (tmp_path / "locust_failures.csv").read_text()
+        assert _request(f"{base}/v1/model")[1]["backend"] == backend
+        record(
+            f"serving: locust load, {backend} backend",
+            f"{LOCUST_USERS} locust users, no think time, {LOCUST_SECONDS} s, 1 replica",
+            sent=sent,
+            answered=sent - failed,
+            errors=failed,
+            lost=0,
+            detail=f"p50 {p50} ms, p99 {p99} ms, {float(stats['Requests/s']):.0f} requests/s",
+        )
     finally:
         stop_student()
 
