@@ -125,6 +125,7 @@ class TeacherConfig(_Section):
             "upscale_delay_s",
             "downscale_delay_s",
             "max_ongoing_requests",
+            "max_queued_requests",
             "num_cpus",
             "use_gpu",
             "keep_running",
@@ -198,6 +199,11 @@ class TeacherConfig(_Section):
     max_ongoing_requests: int = Field(256, ge=1)
     """Requests one replica holds at once (vLLM batches them; 256 is vLLM's batch default on
     CPU); more wait at the caller. At least target_ongoing_requests."""
+    max_queued_requests: int | None = Field(256, ge=1)
+    """Requests each caller (Serve's HTTP proxy, a generate stage's handle) queues for the
+    teacher once every replica holds max_ongoing_requests; past it Serve answers 503 at once
+    (the generate stage and the `openai` engine retry those with backoff), so a flood of
+    clients gets backpressure rather than an ever longer wait. None: no bound."""
     num_cpus: float = Field(1.0, gt=0.0)
     """CPUs reserved per teacher replica."""
     use_gpu: bool = False

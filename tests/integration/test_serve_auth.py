@@ -11,11 +11,15 @@ module's cluster after ray.shutdown, and the next module's generate stage timed 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from chaos_record import record
 
 from dsbs.auth import STUDENT_TOKEN_ENV, TEACHER_TOKEN_ENV
 from dsbs.config import ServeConfig, TeacherConfig
@@ -68,6 +72,11 @@ def test_the_student_app_wants_its_token(serve_port, tiny_student):
         stop_student()
 
 
+OVERLOAD_ONGOING = 2
+OVERLOAD_QUEUED = 4
+OVERLOAD_CLIENTS = 48
+
+
 @pytest.fixture(scope="module")
 def teacher_base(serve_port: int) -> Iterator[str]:
     """The teacher's Serve app on this module's Serve; yields its base URL."""
@@ -75,7 +84,13 @@ def teacher_base(serve_port: int) -> Iterator[str]:
 
     from dsbs.generate.deployment import APP_NAME, teacher_app
 
-    cfg = TeacherConfig(max_model_len=1024, max_prompts_per_request=4)
+    cfg = TeacherConfig(
+        max_model_len=1024,
+        max_prompts_per_request=4,
+        target_ongoing_requests=2,
+        max_ongoing_requests=OVERLOAD_ONGOING,
+        max_queued_requests=OVERLOAD_QUEUED,
+    )
     serve.run(teacher_app(cfg), name=APP_NAME, route_prefix="/")
     try:
         yield f"http://127.0.0.1:{serve_port}"
@@ -163,3 +178,59 @@ def test_the_official_openai_client_gets_n_samples_streams_and_reasons(teacher_b
     with pytest.raises(openai.AuthenticationError):
         wrong = "wrong"  # pragma: allowlist secret
         openai.OpenAI(base_url=f"{teacher_base}/v1", api_key=wrong).models.list()
+
+
+@pytest.mark.chaos
+def test_the_teacher_far_over_capacity_answers_503_at_once_not_a_growing_wait(teacher_base):
+    """Serve queued every request without bound: 48 clients against a replica that takes 2
+    waited longer and longer, and a caller's only answer was its own timeout."""
+    token = TOKENS[TEACHER_TOKEN_ENV]
+    url = f"{teacher_base}/v1/completions"
+    body = json.dumps({"prompt": "Q: 7 + 5?\nA:", "max_tokens": 24, "temperature": 0.0})
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        request = urllib.request.Request(
+            url,
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                json.loads(response.read())
+                status = response.status
+        except urllib.error.HTTPError as err:
+            err.read()
+            status = err.code
+        except OSError:
+            status = 0  # refused, reset or timed out: the caller got no answer
+        with lock:
+            results.append((status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(OVERLOAD_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=360)
+    statuses = Counter(status for status, _ in results)
+    rejected = [seconds for status, seconds in results if status == 503]
+    answered = [seconds for status, seconds in results if status == 200]
+    print(f"teacher overload: {dict(statuses)}, 503s within {max(rejected, default=0):.2f} s")
+    assert len(results) == OVERLOAD_CLIENTS, "a caller hung"
+    assert set(statuses) <= {200, 503}, statuses
+    assert len(answered) >= OVERLOAD_ONGOING + OVERLOAD_QUEUED, statuses
+    assert rejected and max(rejected) < 10, rejected  # at once, not after a wait
+    assert _call(url, json.loads(body), token)[0] == 200  # and it serves again after
+    record(
+        "generation: the teacher far over capacity",
+        f"{OVERLOAD_CLIENTS} concurrent clients against 1 replica taking {OVERLOAD_ONGOING} "
+        f"requests and queueing {OVERLOAD_QUEUED}",
+        sent=OVERLOAD_CLIENTS,
+        answered=len(answered) + len(rejected),
+        errors=0,
+        lost=OVERLOAD_CLIENTS - len(results),
+        detail=f"{len(answered)} answered 200 (slowest {max(answered):.1f} s), {len(rejected)} "
+        f"answered 503 (slowest {max(rejected):.2f} s); then served again",
+    )

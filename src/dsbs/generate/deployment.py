@@ -418,6 +418,7 @@ def teacher_app(
             "downscale_delay_s": cfg.downscale_delay_s,
         },
         max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=-1 if cfg.max_queued_requests is None else cfg.max_queued_requests,
         ray_actor_options={
             "num_cpus": cfg.num_cpus,
             "num_gpus": replica_gpus(cfg),
