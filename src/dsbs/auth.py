@@ -55,7 +55,30 @@ def add_bearer_auth(app: Any, env_name: str, error: Callable[[str], dict[str, An
         env_name: the variable holding the token, read on each request where the app runs.
         error: the app's error body for a message (each API keeps its own error format).
     """
+    from fastapi.openapi.utils import get_openapi
     from starlette.responses import JSONResponse
+
+    def openapi() -> dict[str, Any]:
+        # The schema says what this process enforces, so that clients generated from it (and
+        # schemathesis' auth checks) know which routes want the token.
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            if expected_token(env_name) is not None:
+                scheme = {"bearer": {"type": "http", "scheme": "bearer"}}
+                schema.setdefault("components", {})["securitySchemes"] = scheme
+                for path, operations in schema["paths"].items():
+                    if path not in OPEN_PATHS:
+                        for operation in operations.values():
+                            operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.middleware("http")
     async def require_token(request: Any, call_next: Any) -> Any:

@@ -61,3 +61,17 @@ def test_whole_answers_come_once_and_streams_in_pieces():
         _sampling_params(Sampling(n=2, temperature=1.0), stream=True).output_kind
         == RequestOutputKind.DELTA
     )
+
+
+def test_a_request_the_engine_refuses_is_the_client_s_error_not_a_retry():
+    """A prompt past the context was retried eight times by the stage and a 500 over HTTP."""
+    import pytest
+    from vllm.exceptions import VLLMValidationError
+
+    from dsbs.teachers.base import TeacherError
+    from dsbs.teachers.vllm import _refusals
+
+    with pytest.raises(TeacherError, match="maximum context length") as refused:
+        with _refusals():
+            raise VLLMValidationError("maximum context length is 256 tokens", parameter="p")
+    assert isinstance(refused.value, ValueError)  # the caller's "bad request, don't retry"

@@ -18,13 +18,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dsbs.auth import TEACHER_TOKEN_ENV, add_bearer_auth
 from dsbs.config import TeacherConfig
@@ -57,21 +58,26 @@ def load_teacher(cfg: TeacherConfig) -> Teacher:
 class StreamOptions(BaseModel):
     """`stream_options`: a last chunk with the request's token usage when asked."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
 
+_Stop = Annotated[str, Field(min_length=1)]
+
+
 class _OpenAIBody(BaseModel):
     # OpenAI clients send fields this server ignores (logprobs, user, ...): accept them.
-    model_config = ConfigDict(extra="ignore")
+    # Strict: `n: 1.5` or `stream: 0` is a client's mistake to hear about, not to round.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)  # OpenAI's range, and vLLM's
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
+    # Not empty: vLLM fails on an empty stop string (it was a 500).
+    stop: _Stop | list[_Stop] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -83,14 +89,20 @@ class _OpenAIBody(BaseModel):
         )
 
 
+_Prompt = Annotated[str, Field(min_length=1)]
+
+
 class CompletionBody(_OpenAIBody):
     """`POST /v1/completions`."""
 
-    prompt: str | list[str]
+    # Not empty: vLLM fails on an empty prompt with an error of its own (it was a 500).
+    prompt: _Prompt | Annotated[list[_Prompt], Field(min_length=1)]
 
 
 class ChatMessage(BaseModel):
     """One chat turn."""
+
+    model_config = ConfigDict(strict=True)
 
     role: str
     content: str
@@ -102,6 +114,31 @@ class ChatBody(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
+class OpenAIErrorDetail(BaseModel):
+    """What was wrong, as OpenAI's API says it."""
+
+    message: str
+    type: str
+    code: int
+
+
+class OpenAIError(BaseModel):
+    """The body of every error this app answers (OpenAI's format)."""
+
+    error: OpenAIErrorDetail
+
+
+_COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion; server-sent events when `stream` is true.",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+    400: {"model": OpenAIError, "description": "A parameter is wrong or over a bound."},
+    401: {"model": OpenAIError, "description": "No valid bearer token (when one is set)."},
+    503: {"description": "Every replica is full and the queue too (teacher.max_queued_requests)."},
+}
+
+
 def _openai_error(message: str, code: int) -> dict[str, Any]:
     """OpenAI's error body: its clients show `error.message` in the exception they raise."""
     return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
@@ -111,9 +148,14 @@ api = FastAPI(title="dsbs teacher", description="OpenAI-compatible teacher for d
 add_bearer_auth(api, TEACHER_TOKEN_ENV, lambda message: _openai_error(message, 401))
 
 
-@api.exception_handler(HTTPException)
-async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
-    return JSONResponse(_openai_error(str(err.detail), err.status_code), err.status_code)
+# Starlette's class, not FastAPI's subclass: FastAPI answers a body it cannot parse with
+# Starlette's, which the subclass's handler missed ({"detail": ...} instead of OpenAI's body).
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    # Its headers too: a 405 names the allowed methods (`Allow`, RFC 9110).
+    return JSONResponse(
+        _openai_error(str(err.detail), err.status_code), err.status_code, headers=err.headers
+    )
 
 
 @api.exception_handler(RequestValidationError)
@@ -272,7 +314,7 @@ class TeacherServer:
         except (TeacherError, ValueError) as err:
             raise HTTPException(status_code=400, detail=str(err)) from err
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses={401: _COMPLETION_RESPONSES[401]})
     async def models(self) -> dict[str, Any]:
         """The one model this server holds."""
         return {
@@ -324,7 +366,7 @@ class TeacherServer:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @api.post("/v1/completions", response_model=None)
+    @api.post("/v1/completions", response_model=None, responses=_COMPLETION_RESPONSES)
     async def completions(self, body: CompletionBody) -> dict[str, Any] | StreamingResponse:
         """OpenAI text completions; a list of prompts gives n choices per prompt, in order."""
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -365,7 +407,7 @@ class TeacherServer:
         ]
         return {**head, "choices": choices, "usage": _usage(replies)}
 
-    @api.post("/v1/chat/completions", response_model=None)
+    @api.post("/v1/chat/completions", response_model=None, responses=_COMPLETION_RESPONSES)
     async def chat_completions(self, body: ChatBody) -> dict[str, Any] | StreamingResponse:
         """OpenAI chat completions through the model's chat template."""
         self._check(body, 1)

@@ -20,10 +20,45 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[StrictStr] = Field(min_length=1)
+    # The pattern documents what `parse_request` checks itself (an input that is not blank),
+    # so that a client generating requests from the schema knows it.
+    inputs: list[StrictStr] = Field(
+        min_length=1, json_schema_extra={"items": {"type": "string", "pattern": r"\S"}}
+    )
     """Task inputs as the student saw them in training, without the `predict:` prefix."""
     rationale: StrictBool = False
     """Also return the student's rationale (the `explain:` task; costs a second decode)."""
+
+
+class ErrorDetail(BaseModel):
+    """What was wrong with a request."""
+
+    field: str
+    """The field at fault (`inputs[3]`, `rationale`, `body`, `authorization`)."""
+    message: str
+    reason: str
+    """A stable code (`too_many_items`, `input_too_long`, `unauthorized`, ...)."""
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx and 5xx answer of the student app."""
+
+    error: ErrorDetail
+
+
+_ERRORS = {
+    400: "The body is not JSON.",
+    401: "No valid bearer token (when the app is started with one).",
+    413: "The body is over serve.max_body_bytes.",
+    422: "A field is wrong or over a limit: serve.max_items, serve.max_input_tokens.",
+    503: "No student replica answered.",
+    504: "No answer within serve.request_timeout_s.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error statuses, each with the error body's schema."""
+    return {status: {"model": ErrorBody, "description": _ERRORS[status]} for status in statuses}
 
 
 class Prediction(BaseModel):

@@ -35,6 +35,7 @@ from dsbs.serve.api import (
     Rejection,
     body_too_large,
     check_lengths,
+    error_responses,
     input_token_limit,
     parse_request,
 )
@@ -190,6 +191,7 @@ class StudentAPI:
     @api.post(
         "/v1/predict",
         response_model=PredictResponse,
+        responses=error_responses(400, 401, 413, 422, 503, 504),
         # The body is read raw (to enforce the size limit and name bad fields our way), so
         # the schema is declared for the OpenAPI docs here.
         openapi_extra={
@@ -234,7 +236,7 @@ class StudentAPI:
                 log.warning("student replica lost (%s); retrying on another", type(err).__name__)
         return await self.predictor.predict.remote(body.inputs, body.rationale)
 
-    @api.get("/v1/model", response_model=ModelCard)
+    @api.get("/v1/model", response_model=ModelCard, responses=error_responses(401, 503))
     async def model(self) -> Any:
         """The served student as a predictor reports it: task, prefixes, size, version, files."""
         try:
@@ -248,7 +250,7 @@ class StudentAPI:
                 )
             )
 
-    @api.get("/healthz")
+    @api.get("/healthz", responses={503: {"description": "No predictor answered in time."}})
     async def healthz(self) -> Any:
         """Readiness: a predictor answers within serve.health_timeout_s, else 503.
 

@@ -77,6 +77,13 @@ class TeacherError(RuntimeError):
     """The teacher failed for one request after its retries."""
 
 
+class TeacherRequestError(TeacherError, ValueError):
+    """The engine refused the request itself: retrying cannot help.
+
+    A prompt past the context or a value out of the engine's range; over HTTP, the client's 400.
+    """
+
+
 class Teacher(Protocol):
     """Anything that answers teacher requests."""
 

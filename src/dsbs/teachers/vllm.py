@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dsbs.config import TeacherConfig
 from dsbs.precision import resolve_dtype
-from dsbs.teachers.base import Sampling, TeacherReply, TeacherRequest, TextDelta
+from dsbs.teachers.base import (
+    Sampling,
+    TeacherReply,
+    TeacherRequest,
+    TeacherRequestError,
+    TextDelta,
+)
 from dsbs.teachers.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,21 @@ def _sampling_params(sampling: Sampling, *, stream: bool = False) -> Any:
     )
 
 
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The engine's refusals of a request (vLLM's client errors) as TeacherRequestError.
+
+    They were retried as if the engine had failed (eight times, then a teacher error) and
+    answered 500 over HTTP.
+    """
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        yield
+    except VLLMClientError as err:
+        raise TeacherRequestError(str(err)) from err
+
+
 class VllmTeacher:
     """A `Teacher` backed by `vllm.v1.engine.async_llm.AsyncLLM` in this process."""
 
@@ -115,10 +137,11 @@ class VllmTeacher:
         """
         prompt = await self._prompt_text(request)
         final = None
-        async for output in self.engine.generate(
-            prompt, _sampling_params(request.sampling), request.request_id
-        ):
-            final = output
+        with _refusals():
+            async for output in self.engine.generate(
+                prompt, _sampling_params(request.sampling), request.request_id
+            ):
+                final = output
         if final is None:
             raise RuntimeError(f"vLLM returned nothing for request {request.request_id}")
         completions = sorted(final.outputs, key=lambda c: c.index)
@@ -136,13 +159,14 @@ class VllmTeacher:
         """
         prompt = await self._prompt_text(request)
         params = _sampling_params(request.sampling, stream=True)
-        async for output in self.engine.generate(prompt, params, request.request_id):
-            prompt_tokens = len(output.prompt_token_ids or ())
-            for c in output.outputs:
-                if c.text or c.token_ids or c.finish_reason:
-                    yield TextDelta(
-                        c.index, c.text, c.finish_reason, len(c.token_ids), prompt_tokens
-                    )
+        with _refusals():
+            async for output in self.engine.generate(prompt, params, request.request_id):
+                prompt_tokens = len(output.prompt_token_ids or ())
+                for c in output.outputs:
+                    if c.text or c.token_ids or c.finish_reason:
+                        yield TextDelta(
+                            c.index, c.text, c.finish_reason, len(c.token_ids), prompt_tokens
+                        )
 
     async def check_health(self) -> None:
         """Raises when the engine's core process is dead."""
