@@ -71,7 +71,6 @@ def test_a_request_the_engine_refuses_is_the_client_s_error_not_a_retry():
     from dsbs.teachers.base import TeacherError
     from dsbs.teachers.vllm import _refusals
 
-    with pytest.raises(TeacherError, match="maximum context length") as refused:
-        with _refusals():
-            raise VLLMValidationError("maximum context length is 256 tokens", parameter="p")
+    with pytest.raises(TeacherError, match="maximum context length") as refused, _refusals():
+        raise VLLMValidationError("maximum context length is 256 tokens", parameter="p")
     assert isinstance(refused.value, ValueError)  # the caller's "bad request, don't retry"
