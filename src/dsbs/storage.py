@@ -93,13 +93,32 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+S3_MAX_ATTEMPTS = 10
+"""Tries of one S3 call (boto3's standard retry mode, pyarrow's standard strategy) unless
+AWS_MAX_ATTEMPTS says otherwise: about a minute of backoff, so a restarting S3 server or a
+load balancer's blip is ridden out instead of failing a stage (RELIABILITY.md)."""
+
+
+def s3_max_attempts() -> int:
+    """S3_MAX_ATTEMPTS, or AWS_MAX_ATTEMPTS where set (the variable the AWS SDKs read)."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else S3_MAX_ATTEMPTS
+
+
 @lru_cache(maxsize=4)
 def _s3_client_for(endpoint: str | None) -> Any:
     import boto3
+    from botocore.config import Config
 
     # boto3 reads credentials, profile and region itself; the endpoint is passed explicitly
     # so that older botocore releases without AWS_ENDPOINT_URL support behave the same.
-    return boto3.client("s3", endpoint_url=endpoint)
+    # botocore's default (legacy mode, 5 tries) gives up within seconds of a server restart.
+    retries = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard"}
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        config=Config(retries={**retries, "max_attempts": s3_max_attempts()}),
+    )
 
 
 def s3_endpoint() -> str | None:
@@ -539,4 +558,5 @@ def pyarrow_filesystem(uri: str) -> tuple[Any, str]:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region
-    return fs.S3FileSystem(**options), uri.removeprefix("s3://")
+    retry = fs.AwsStandardS3RetryStrategy(max_attempts=s3_max_attempts())
+    return fs.S3FileSystem(retry_strategy=retry, **options), uri.removeprefix("s3://")
