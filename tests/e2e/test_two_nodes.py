@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 
+import psutil
 import pytest
-from commands import BIN, TINY_CONFIG, run_command
+from chaos_record import record
+from commands import BIN, REPO, TINY_CONFIG, run_command
 from ports import free_port, ray_node_ports
 
 from dsbs import storage
 
 pytestmark = pytest.mark.slow
+
+SECOND = "127.0.0.2"
+"""The second node's IP (on loopback)."""
+NODE_GONE_S = 20.0
+"""Seconds the second node stays away."""
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +55,20 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             started = run_command([str(BIN / "ray"), *head], env, 120)
             assert started.returncode == 0, started.stderr
             home = tmp_path_factory.mktemp("worker-home")
-            worker = ["start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.2"]
-            worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
-            joined = run_command([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
-            assert joined.returncode == 0, joined.stderr
+
+            def join() -> None:
+                worker = ["start", f"--address=127.0.0.1:{gcs}", f"--node-ip-address={SECOND}"]
+                worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
+                done = run_command([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
+                assert done.returncode == 0, done.stderr
+
+            join()
             _wait_for_nodes(f"http://127.0.0.1:{dashboard}", env, 2)
             yield {
                 "gcs": f"127.0.0.1:{gcs}",
                 "dashboard": f"http://127.0.0.1:{dashboard}",
                 "env": env,
+                "join": join,
             }
         finally:
             run_command([str(BIN / "ray"), "stop", "--force"], env, 120)
@@ -132,3 +146,121 @@ def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node
     assert placed.get("RayTrainWorker") == {second}, placed
     assert placed.get("ServeReplica:dsbs-student") == {second}, placed
     assert placed.get("ServeReplica:dsbs-teacher") == {second}, placed
+
+
+def _train_command(two_nodes: dict, data: str, run_dir: str) -> list[str]:
+    """`dsbs train` of the tiny student on this cluster: 60 steps, a checkpoint every 10."""
+    return [
+        str(BIN / "dsbs"),
+        *("train", "--config", TINY_CONFIG, f"pipeline.ray_address={two_nodes['gcs']}"),
+        *(f"pipeline.run_dir={run_dir}", f"train.data={data}", "train.max_steps=60"),
+        *("train.checkpoint_every=10", "train.eval_every=30", "train.max_failures=3"),
+    ]
+
+
+def _rationale_data(tmp_path) -> str:
+    data = tmp_path / "labelled.jsonl"
+    synth = ["data", "synth", "--task", "arithmetic", "--n", "160", "--seed", "4", "--rationales"]
+    done = run_command([str(BIN / "dsbs"), *synth, "--out", str(data)], dict(os.environ), 60)
+    assert done.returncode == 0, done.stderr
+    return str(data)
+
+
+def _first_checkpoint(run_dir: str, proc: subprocess.Popen, timeout_s: float = 600) -> float:
+    """Waits until Ray Train has recorded a checkpoint of the run (its snapshot file)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if any(f.endswith("checkpoint_manager_snapshot.json") for f in storage.list_files(run_dir)):
+            return time.monotonic() - started
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint within {timeout_s} s")
+
+
+def _steps(run_dir: str) -> tuple[list[int], list[int]]:
+    """(train steps logged, steps resumed at) of the one training run under `run_dir`."""
+    [metrics] = [f for f in storage.list_files(run_dir) if f.endswith("/metrics.jsonl")]
+    history = [json.loads(line) for line in storage.read_bytes(metrics).decode().splitlines()]
+    return (
+        [r["step"] for r in history if r["split"] == "train"],
+        [r["step"] for r in history if r["split"] == "resume"],
+    )
+
+
+@pytest.mark.chaos
+def test_a_training_driver_killed_and_resubmitted_resumes_from_its_checkpoint(
+    two_nodes, s3_bucket, tmp_path
+):
+    env = two_nodes["env"]
+    run_dir = f"{s3_bucket}/driver-killed"
+    command = _train_command(two_nodes, _rationale_data(tmp_path), run_dir)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=log)
+        _first_checkpoint(run_dir, first)
+        first.send_signal(signal.SIGKILL)  # the driver: the job's actors go with it
+        first.wait(timeout=60)
+    again = run_command(command, env, 900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    steps, resumed = _steps(run_dir)
+    assert steps == list(range(1, 61)) and resumed and resumed[0] >= 10, (steps, resumed)
+    record(
+        "training: the driver killed, the job resubmitted",
+        "SIGKILL of `dsbs train` after its first checkpoint, then the same command again",
+        sent=60,
+        answered=steps[-1],
+        errors=0,
+        lost=len(set(range(1, 61)) - set(steps)),
+        detail=f"the resubmitted job resumed at step {resumed[0]} from the checkpoint on S3; "
+        "steps 1..60 each logged once",
+    )
+
+
+def _node_processes(ip: str) -> list[psutil.Process]:
+    """The Ray processes of the node started with `ip` (raylet and its agents)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "ray" in cmdline and (
+            f"--node_ip_address={ip}" in cmdline or f"--node-ip-address={ip}" in cmdline
+        ):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.chaos
+def test_training_survives_its_node_stopping_and_coming_back(two_nodes, s3_bucket, tmp_path):
+    """Run last in this module: the second node is stopped (SIGKILL of its raylet and agents,
+    as a preempted pod) after the first checkpoint, and a new one joins 20 s later."""
+    env = two_nodes["env"]
+    run_dir = f"{s3_bucket}/node-lost"
+    command = _train_command(two_nodes, _rationale_data(tmp_path), run_dir)
+    with open(tmp_path / "train.log", "w") as log:
+        proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=log)
+        _first_checkpoint(run_dir, proc)
+        victims = _node_processes(SECOND)
+        assert victims, "no process of the second node found"
+        for victim in victims:
+            victim.kill()
+        stopped = time.monotonic()
+        time.sleep(NODE_GONE_S)
+        assert proc.poll() is None, "the job ended while its only worker node was gone"
+        two_nodes["join"]()
+        returned = time.monotonic()
+        proc.wait(timeout=900)
+    finished = time.monotonic()
+    output = (tmp_path / "train.log").read_text()
+    assert proc.returncode == 0, output[-4000:]
+    steps, resumed = _steps(run_dir)
+    assert steps == list(range(1, 61)) and resumed, (steps, resumed)
+    record(
+        "cluster: the training node stopped and back",
+        f"SIGKILL of the second node's Ray processes after the first checkpoint; a node "
+        f"joined again {NODE_GONE_S:.0f} s later",
+        sent=60,
+        answered=steps[-1],
+        errors=0,
+        lost=len(set(range(1, 61)) - set(steps)),
+        detail=f"the job waited for the resources, resumed at step {resumed[0]} "
+        f"{finished - returned:.0f} s after the node returned ({returned - stopped:.0f} s gone); "
+        "steps 1..60 each logged once",
+    )
