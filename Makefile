@@ -59,7 +59,8 @@ bench: setup
 	$(BIN)/python benchmarks/decode_threads.py --threads 1 2
 
 # The reliability suite (RELIABILITY.md): hostile input at about a thousand cases per reader,
-# and the fault scenarios of generation, training and serving, each recording its figures.
+# schemathesis on both APIs, locust load, and the fault scenarios of generation, training,
+# serving and the 2-node cluster, each recording its figures (make test runs them smaller).
 CHAOS_RESULTS := runs/chaos/results.jsonl
 # One pytest process per module: a driver reused for a second module's Ray cluster was once
 # ended by Ray when a thread left from the first cluster woke up.
