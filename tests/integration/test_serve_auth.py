@@ -279,7 +279,8 @@ def _schemathesis(app: str, base: str, token: str, out: Path, limits: str) -> No
         *("--request-timeout", "60", "--report", "json", "--report-json-path", out / "st.json"),
         "--no-color",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3000)
+    # From `out`: schemathesis keeps a cache of the failures it found in its working folder.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3000, cwd=out)
     report = json.loads((out / "st.json").read_text())
     cases = report["test_cases"]
     print(f"schemathesis {app}: {cases}")
