@@ -258,8 +258,12 @@ def test_the_teacher_far_over_capacity_answers_503_at_once_not_a_growing_wait(te
     )
 
 
-SCHEMATHESIS_CASES = 250 if full_run() else 30
-"""Examples per operation (schemathesis adds its coverage and security cases to them)."""
+SCHEMATHESIS_CASES = (
+    {"student": 1000, "teacher": 350} if full_run() else {"student": 30, "teacher": 30}
+)
+"""Examples per operation (schemathesis adds its coverage and security cases to them): about
+a thousand cases per app under make chaos (the student's GET routes take no input, so its
+one route with a body gets the most)."""
 SCHEMATHESIS_CHECKS = ("--checks", "all", "--exclude-checks", "positive_data_acceptance")
 """Every check but one: the limits (serve.max_items, max_input_tokens, max_body_bytes) are
 deployment settings the schema does not carry, so a schema-valid request past them gets its
@@ -270,12 +274,22 @@ def _schemathesis(app: str, base: str, token: str, out: Path, limits: str) -> No
     """Schemathesis against the running app's own OpenAPI schema, with the token; asserts
     every case passed (no 5xx, no undocumented status or body, no hang past 60 s, the token
     enforced) and records the figures."""
+    # A body over max_body_bytes is refused by its size before it is read, with a documented
+    # 413, whatever it holds: a rejection, not the acceptance of a schema-violating request.
+    config = out / "schemathesis.toml"
+    config.write_text(
+        "[checks.negative_data_rejection]\n"
+        'expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", '
+        '"422", "428", "429"]\n'
+    )
     command = [
         Path(sys.executable).parent / "schemathesis",
+        "--config-file",
+        config,
         "run",
         f"{base}/openapi.json",
         *("--header", f"Authorization: Bearer {token}", *SCHEMATHESIS_CHECKS),
-        *("--max-examples", str(SCHEMATHESIS_CASES), "--continue-on-failure", "--seed", "1"),
+        *("--max-examples", str(SCHEMATHESIS_CASES[app]), "--continue-on-failure", "--seed", "1"),
         *("--request-timeout", "60", "--report", "json", "--report-json-path", out / "st.json"),
         "--no-color",
     ]
@@ -285,7 +299,7 @@ def _schemathesis(app: str, base: str, token: str, out: Path, limits: str) -> No
     cases = report["test_cases"]
     print(f"schemathesis {app}: {cases}")
     assert done.returncode == 0 and report["complete"], done.stdout[-8000:]
-    assert cases["generated"] >= SCHEMATHESIS_CASES and not cases["errored"], cases
+    assert cases["generated"] >= 0.8 * SCHEMATHESIS_CASES[app] and not cases["errored"], cases
     record(
         f"hostile input: schemathesis on the {app} API",
         f"requests generated from the running app's OpenAPI schema, bearer token on; {limits}",
