@@ -438,6 +438,7 @@ class ServeConfig(_Section):
             "target_ongoing_requests",
             "upscale_delay_s",
             "downscale_delay_s",
+            "max_queued_requests",
             "num_cpus",
             "num_gpus",
             "max_items",
@@ -476,6 +477,10 @@ class ServeConfig(_Section):
     """Most student replicas under load."""
     target_ongoing_requests: int = Field(16, ge=1)
     """Requests per replica the autoscaler aims for."""
+    max_queued_requests: int | None = Field(256, ge=1)
+    """Requests the HTTP front queues for the predictors once every replica is full; past it
+    a request is answered 503 (`overloaded`) at once instead of waiting ever longer. None: no
+    bound."""
     upscale_delay_s: float = Field(5.0, ge=0.0)
     """Seconds of sustained load before adding a replica."""
     downscale_delay_s: float = Field(30.0, ge=0.0)

@@ -296,6 +296,44 @@ def test_a_replica_killed_under_load_does_not_stop_the_answers(serve_port, tiny_
         stop_student()
 
 
+def test_a_flood_past_the_queue_gets_503_overloaded_at_once(serve_port, tiny_student):
+    """The ingress queued every request for the predictors without bound: a flood waited
+    longer and longer instead of hearing that the student is full."""
+    cfg = _config(
+        serve_port,
+        tiny_student,
+        max_batch_size=1,
+        target_ongoing_requests=1,  # a predictor takes 2 requests at once
+        max_queued_requests=2,
+        max_replicas=1,
+    )
+    base = start_student(cfg, run_dir="unused")
+    try:
+        gate = threading.Barrier(40)
+        answers: list[tuple[int, dict, float]] = []
+
+        def client(i: int) -> None:
+            gate.wait()
+            started = time.monotonic()
+            status, body = _predict(base, _questions(8, offset=i), rationale=True)
+            answers.append((status, body, time.monotonic() - started))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        statuses = Counter(status for status, _, _ in answers)
+        overloaded = [(b, t) for status, b, t in answers if status == 503]
+        assert len(answers) == 40 and set(statuses) <= {200, 503}, statuses
+        assert overloaded and statuses[200] >= 4, statuses
+        assert all(b["error"]["reason"] == "overloaded" for b, _ in overloaded)
+        assert max(t for _, t in overloaded) < 10  # at once, not after a wait
+        assert _predict(base, _questions(1))[0] == 200  # and it serves again
+    finally:
+        stop_student()
+
+
 LOCUSTFILE = Path(__file__).parents[1] / "load" / "student_locustfile.py"
 LOCUST_USERS = 24
 LOCUST_SECONDS = 40 if full_run() else 15

@@ -51,7 +51,7 @@ _ERRORS = {
     401: "No valid bearer token (when the app is started with one).",
     413: "The body is over serve.max_body_bytes.",
     422: "A field is wrong or over a limit: serve.max_items, serve.max_input_tokens.",
-    503: "No student replica answered.",
+    503: "No student replica answered, or all are full (serve.max_queued_requests).",
     504: "No answer within serve.request_timeout_s.",
 }
 

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.metrics import Counter, Histogram
 
 from dsbs import storage
@@ -221,6 +222,16 @@ class StudentAPI:
             return self._reject(
                 Rejection(503, "body", f"student replicas unavailable: {err}", "unavailable")
             )
+        except BackPressureError:
+            return self._reject(
+                Rejection(
+                    503,
+                    "body",
+                    "every student replica is full and so is the queue "
+                    f"(serve.max_queued_requests {self.cfg.max_queued_requests}); retry later",
+                    "overloaded",
+                )
+            )
         if isinstance(predictions, Rejection):
             return self._reject(predictions)
         self.predictions.inc(len(predictions.predictions))
@@ -290,6 +301,7 @@ def student_app(cfg: ServeConfig, model: str) -> Any:
         # Batches fill only if a replica accepts at least a batch's worth of requests at once
         # (Serve's default is 5).
         max_ongoing_requests=2 * max(cfg.max_batch_size, cfg.target_ongoing_requests),
+        max_queued_requests=-1 if cfg.max_queued_requests is None else cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
     ).bind(cfg, model)
     return StudentAPI.options(  # type: ignore[attr-defined]
