@@ -217,15 +217,18 @@ def download_digest(uri: str, local: str, etag: str) -> str | None:
     if not is_s3(uri) or not _MD5_ETAG.fullmatch(expected):
         return None
     bucket, key = _split_s3(uri)
-    client = s3_client()
-    head = client.head_object(Bucket=bucket, Key=key)
+    multipart = "-" in expected
+    # One HEAD: of the first part for a multipart object (its length is the part size), and
+    # either way it carries the object's encryption headers.
+    part = {"PartNumber": 1} if multipart else {}
+    head = s3_client().head_object(Bucket=bucket, Key=key, **part)
     if str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get(
         "SSECustomerAlgorithm"
     ):
         return None
-    if "-" not in expected:
+    if not multipart:
         return _md5_of(local, 0, None).hexdigest()
-    part_size = client.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"]
+    part_size = head["ContentLength"]
     size = Path(local).stat().st_size
     parts = [_md5_of(local, at, part_size).digest() for at in range(0, size, part_size)]
     return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"  # noqa: S324 - S3's ETag
