@@ -36,8 +36,9 @@ def direct_generate(
     from dsbs.config import load_config
     from dsbs.generate.caller import sampling_for, teacher_request
     from dsbs.records import read_records
-    from dsbs.teachers.vllm import _sampling_params, engine_args
+    from dsbs.teachers.vllm import _sampling_params, engine_args, set_cpu_engine_env
 
+    set_cpu_engine_env()  # the replica's own engine settings (KV cache, cores)
     cfg = load_config(config, overrides).teacher
     args = engine_args(cfg)
     llm = LLM(**args)
