@@ -23,6 +23,11 @@ def ensure_ray(address: str | None = None) -> None:
     log.info("ray: %s", ray.cluster_resources())
 
 
+def serve_queue_bound(limit: int | None) -> int:
+    """Serve's `max_queued_requests` for a config's value: None (no bound) is Serve's -1."""
+    return -1 if limit is None else limit
+
+
 def start_serve(host: str, port: int) -> str:
     """Starts Ray Serve on the joined cluster, its HTTP proxy at host:port; returns its base URL.
 

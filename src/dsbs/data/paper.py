@@ -133,14 +133,14 @@ def import_paper(
             kind = (
                 "not UTF-8" if row.error and row.error.startswith("not UTF-8") else "malformed JSON"
             )
-            quarantine.add(kind, row.file, row.line, row.error or "", row.raw)
+            quarantine.add(kind, row.error or "", row.file, row.line, row.raw)
             continue
         if index >= len(outputs):
             quarantine.add(
                 "no teacher output",
+                f"{len(rows)} rows but {len(outputs)} teacher outputs",
                 row.file,
                 row.line,
-                f"{len(rows)} rows but {len(outputs)} teacher outputs",
                 json.dumps(row.data),
             )
             continue
@@ -148,9 +148,9 @@ def import_paper(
         if not isinstance(text, str):
             quarantine.add(
                 "teacher output not text",
+                f"expected a string, got {type(text).__name__}",
                 out_file,
                 out_index,
-                f"expected a string, got {type(text).__name__}",
                 json.dumps(row.data),
             )
             continue
@@ -160,7 +160,7 @@ def import_paper(
             meta = task.row_meta(row.data)
         except ValueError as err:
             kind = str(err).partition(":")[0]
-            quarantine.add(kind, row.file, row.line, str(err), json.dumps(row.data))
+            quarantine.add(kind, str(err), row.file, row.line, json.dumps(row.data))
             continue
         parsed = task.parse(text, input_text)
         records.append(
@@ -178,9 +178,9 @@ def import_paper(
     for out_file, out_index, _ in outputs[len(rows) :]:
         quarantine.add(
             "teacher output without a row",
+            f"{len(outputs)} teacher outputs but {len(rows)} rows in {data_file}",
             out_file,
             out_index,
-            f"{len(outputs)} teacher outputs but {len(rows)} rows in {data_file}",
         )
     where = quarantine_path(out)
     quarantine.write(where)

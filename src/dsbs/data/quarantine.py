@@ -99,9 +99,15 @@ class Quarantine:
         self.by_reason: Counter[str] = Counter()
 
     def add(
-        self, reason: str, file: str, line: int, detail: str, raw: str = "", row_id: str = ""
+        self,
+        reason: str,
+        detail: str,
+        file: str = "",
+        line: int = 0,
+        raw: str = "",
+        row_id: str = "",
     ) -> None:
-        """Records a bad row and logs it with file, line and reason."""
+        """Records a bad row and logs it with file, line and reason (`quarantine_row`'s fields)."""
         self.rows.append(quarantine_row(row_id, reason, detail, file, line, raw))
         self.by_reason[reason] += 1
         # The first rows are logged for a quick look; all of them go to the quarantine file.

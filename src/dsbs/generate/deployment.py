@@ -28,6 +28,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dsbs.auth import TEACHER_TOKEN_ENV, add_bearer_auth
+from dsbs.cluster import serve_queue_bound
 from dsbs.config import TeacherConfig
 from dsbs.precision import dtype_choice
 from dsbs.teachers.base import (
@@ -460,7 +461,7 @@ def teacher_app(
             "downscale_delay_s": cfg.downscale_delay_s,
         },
         max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=-1 if cfg.max_queued_requests is None else cfg.max_queued_requests,
+        max_queued_requests=serve_queue_bound(cfg.max_queued_requests),
         ray_actor_options={
             "num_cpus": cfg.num_cpus,
             "num_gpus": replica_gpus(cfg),

@@ -27,6 +27,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from dsbs import storage
 from dsbs.auth import STUDENT_TOKEN_ENV, add_bearer_auth
+from dsbs.cluster import serve_queue_bound
 from dsbs.config import ServeConfig, default_of
 from dsbs.serve.api import (
     ModelCard,
@@ -301,7 +302,7 @@ def student_app(cfg: ServeConfig, model: str) -> Any:
         # Batches fill only if a replica accepts at least a batch's worth of requests at once
         # (Serve's default is 5).
         max_ongoing_requests=2 * max(cfg.max_batch_size, cfg.target_ongoing_requests),
-        max_queued_requests=-1 if cfg.max_queued_requests is None else cfg.max_queued_requests,
+        max_queued_requests=serve_queue_bound(cfg.max_queued_requests),
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
     ).bind(cfg, model)
     return StudentAPI.options(  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ Specs:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -107,11 +106,7 @@ def _check_file(gguf: Path, model: EmbeddedModel) -> None:
     size = gguf.stat().st_size
     if size != model.size:
         raise ModelResolutionError(f"{gguf} has {size} bytes, not {model.size}; {again}")
-    digest = hashlib.sha256()
-    with open(gguf, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != model.sha256:
+    if storage.file_digest(gguf, "sha256").hexdigest() != model.sha256:
         raise ModelResolutionError(f"{gguf} does not have the SHA-256 of {model.pip_name}; {again}")
 
 
