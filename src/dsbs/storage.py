@@ -168,9 +168,7 @@ def list_files(uri: str) -> list[str]:
         return sorted(str(p) for p in path.rglob("*") if p.is_file())
     bucket, key = _split_s3(uri)
     prefix = key.rstrip("/") + "/" if key else ""
-    names: list[str] = []
-    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        names.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    names = [f"s3://{bucket}/{obj['Key']}" for obj in _listed(uri, bucket, prefix)]
     if not names and key and exists(uri):
         return [uri]
     return sorted(names)
@@ -181,12 +179,20 @@ def list_objects(uri: str) -> list[tuple[str, int, str]]:
     bucket, key = _split_s3(uri)
     prefix = key.rstrip("/")
     found = []
-    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            name = obj["Key"]
-            if name == prefix or name.startswith(prefix + "/") or not prefix:
-                found.append((f"s3://{bucket}/{name}", obj["Size"], obj["ETag"]))
+    for obj in _listed(uri, bucket, prefix):
+        name = obj["Key"]
+        if name == prefix or name.startswith(prefix + "/") or not prefix:
+            found.append((f"s3://{bucket}/{name}", obj["Size"], obj["ETag"]))
     return sorted(found)
+
+
+def _listed(uri: str, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object S3 lists under `prefix`; a failed listing is a StorageError naming `uri`."""
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [obj for page in pages for obj in page.get("Contents", [])]
+    except Exception as err:
+        raise StorageError(f"{uri}: cannot list: {err}") from err
 
 
 def download_file(uri: str, local: str) -> None:
@@ -227,15 +233,22 @@ def download_digest(uri: str, local: str, etag: str) -> str | None:
     ):
         return None
     if not multipart:
-        return _md5_of(local, 0, None).hexdigest()
+        return file_digest(local, "md5").hexdigest()
     part_size = head["ContentLength"]
     size = Path(local).stat().st_size
-    parts = [_md5_of(local, at, part_size).digest() for at in range(0, size, part_size)]
+    parts = [file_digest(local, "md5", at, part_size).digest() for at in range(0, size, part_size)]
     return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"  # noqa: S324 - S3's ETag
 
 
-def _md5_of(local: str, offset: int, length: int | None) -> Any:
-    digest = hashlib.md5()  # noqa: S324 - S3's ETag, not security
+def file_digest(
+    local: str | Path, algorithm: str, offset: int = 0, length: int | None = None
+) -> Any:
+    """The `hashlib` digest of a local file (`length` bytes from `offset`; all of it by default).
+
+    Read in 1 MiB chunks, so a model file of gigabytes never sits whole in memory.
+    """
+    # usedforsecurity=False: MD5 here is S3's ETag; a SHA-256 pins a file, it signs nothing.
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(local, "rb") as handle:
         handle.seek(offset)
         left = length
@@ -336,12 +349,19 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def delete(uri: str) -> None:
-    """Removes a file (or object); one that is not there is fine."""
-    if is_s3(uri):
-        bucket, key = _split_s3(uri)
-        s3_client().delete_object(Bucket=bucket, Key=key)
-        return
-    Path(uri).unlink(missing_ok=True)
+    """Removes a file (or object); one that is not there is fine.
+
+    Raises:
+        StorageError: when the removal fails (a missing bucket, no permission).
+    """
+    try:
+        if is_s3(uri):
+            bucket, key = _split_s3(uri)
+            s3_client().delete_object(Bucket=bucket, Key=key)
+            return
+        Path(uri).unlink(missing_ok=True)
+    except Exception as err:
+        raise StorageError(f"{uri}: cannot delete: {err}") from err
 
 
 def upload_file(local: str, uri: str) -> None:

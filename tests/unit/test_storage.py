@@ -185,3 +185,11 @@ def test_a_replaced_training_file_is_not_already_trained(tmp_path):
     assert config_hash(train, student, "svamp", str(data)) == before
     storage.write_rows(str(data), [{"id": "1", "input": "x"}, {"id": "2", "input": "y"}])
     assert config_hash(train, student, "svamp", str(data)) != before
+
+
+def test_s3_failures_of_listing_and_deleting_are_storage_errors(s3_server):
+    """They surfaced as botocore's own exceptions, past every `except StorageError`."""
+    missing = "s3://dsbs-no-such-bucket/prefix"
+    for call in (storage.list_files, storage.list_objects, storage.delete):
+        with pytest.raises(storage.StorageError, match=f"{missing}: cannot"):
+            call(missing)

@@ -189,3 +189,37 @@ def test_an_export_re_published_to_s3_drops_the_previous_files(tiny, s3_bucket, 
     names = {f.rsplit("/", 1)[-1] for f in storage.list_files(prefix)}
     assert "model.safetensors" in names and not any(n.startswith("model-0") for n in names)
     assert load_student(prefix, cache_dir=str(tmp_path / "cache"))[2] == newer
+
+
+def test_the_next_export_removes_what_a_killed_export_left(tiny, tmp_path):
+    """A SIGKILLed export left its hidden staging folder beside the export for good. Its
+    leftovers are made here by hand as the killed process would have left them (a folder with
+    part of a shard); one untouched for two hours goes, a fresh one (a live export) stays."""
+    import os
+    import time
+
+    model, tokenizer, info = tiny
+    beside = tmp_path / "exports"
+    beside.mkdir()
+    out = beside / "student"
+    stale = beside / ".student.staging-0123456789ab"
+    live = beside / ".student.staging-ba9876543210"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "part-00000.safetensors").write_bytes(b"\0" * 1024)
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    save_student(model, tokenizer, info, str(out))
+    assert sorted(p.name for p in beside.iterdir()) == [live.name, "student"]
+    assert load_student(str(out))[2] == info
+
+
+def test_a_failed_s3_export_names_the_failing_object_once(tiny, s3_server):
+    """A missing bucket ended the export in botocore's own NoSuchBucket (storage.delete let it
+    through), and an S3 StorageError was wrapped in a second naming the prefix again."""
+    model, tokenizer, info = tiny
+    prefix = "s3://dsbs-no-such-bucket/students/s"
+    with pytest.raises(StorageError) as failure:
+        save_student(model, tokenizer, info, prefix)
+    message = str(failure.value)
+    assert message.count(prefix) == 1 and "the prefix is refused" in message

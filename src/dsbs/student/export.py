@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 STUDENT_FILE = "dsbs_student.json"
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
+STALE_AFTER_S = 3600.0
+"""Age past which an unfinished export's staging folder is taken as abandoned."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def save_student(
     beside = Path(uri).parent if local else Path(tempfile.gettempdir())
     beside.mkdir(parents=True, exist_ok=True)
     # mkdir, not mkdtemp: the folder keeps the umask's mode when it becomes the export.
+    _remove_stale(beside, Path(uri).name)
     staging = beside / f".{Path(uri).name}.staging-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
@@ -137,10 +141,29 @@ def save_student(
             _upload_folder(staging, uri, payload.encode())
     except (OSError, SafetensorError) as err:
         kept = "the previous export there is untouched" if local else "the prefix is refused"
-        raise StorageError(f"{uri}: the export failed ({err}); {kept}") from err
+        # A StorageError names the object it failed on already; the others get the export's.
+        where = "" if isinstance(err, StorageError) else f"{uri}: "
+        raise StorageError(f"{where}the export failed ({err}); {kept}") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported the student to %s", uri)
+
+
+def _remove_stale(beside: Path, name: str) -> None:
+    """Removes what an export killed part-way left beside `name` (its staging or old folder).
+
+    Only folders untouched for STALE_AFTER_S: a live export adds a file to its staging folder
+    at least once a shard, so another process's export in progress is never taken.
+    """
+    now = time.time()
+    for pattern in (f".{name}.staging-*", f".{name}.old-*"):
+        for folder in beside.glob(pattern):
+            try:
+                if now - folder.stat().st_mtime > STALE_AFTER_S:
+                    shutil.rmtree(folder)
+                    log.info("removed %s, left by an export that did not finish", folder)
+            except OSError:  # gone meanwhile, or not ours to remove: the export goes on
+                continue
 
 
 def _write_folder(
