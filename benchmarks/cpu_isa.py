@@ -95,6 +95,9 @@ def probe_generate(dtype: str, rows: int, max_tokens: int) -> dict[str, object]:
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         result[f"{call}_tokens_per_s"] = round(tokens / seconds, 1)
     result["prompt_tokens"] = sum(len(o.prompt_token_ids or ()) for o in outputs)
+    # The engine's processes hold this one's stdout: without a shutdown they outlive it and
+    # the parent's read of the pipe never ends.
+    llm.llm_engine.engine_core.shutdown()
     return result
 
 
@@ -144,6 +147,7 @@ def _run_probe(args: list[str], env: dict[str, str]) -> dict[str, object]:
         check=True,
         capture_output=True,
         text=True,
+        timeout=900,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -122,6 +122,7 @@ def main() -> None:
             check=True,
             capture_output=True,
             text=True,
+            timeout=900,
         ).stdout
         result = json.loads(out.strip().splitlines()[-1])
         cpu = "emulated AVX2" if args.avx2 else "host"
