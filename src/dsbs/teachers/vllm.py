@@ -30,7 +30,7 @@ CPU_KV_CACHE_GIB = "2"
 CPU_MEMORY_UTILIZATION = 0.5
 # Cores the CPU build keeps for its busy-polling scheduler process, away from the model's
 # threads: vLLM's default is one, half of a 2-core node. Sharing them instead ran the demo's
-# teacher 1.45x (bfloat16) to 1.8x (float32, AVX2) faster on 2 cores (BENCHMARKS.md, "The
+# teacher 1.5x (bfloat16) to 1.8x (float32, AVX2) faster on 2 cores (BENCHMARKS.md, "The
 # teacher's cores"). Set VLLM_CPU_NUM_OF_RESERVED_CPU to keep vLLM's choice.
 CPU_RESERVED_CORES = "0"
 
