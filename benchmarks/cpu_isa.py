@@ -75,8 +75,10 @@ def probe_generate(dtype: str, rows: int, max_tokens: int) -> dict[str, object]:
 
     from dsbs.data.synth import synth_arithmetic
     from dsbs.teachers.models import resolve_model
+    from dsbs.teachers.vllm import CPU_KV_CACHE_GIB
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    # The replica's KV cache size, but not its core sharing: the probe is vLLM's defaults.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
     prompts = [record.input for record in synth_arithmetic(rows, 0, max_ops=1)]
     llm = LLM(
         model=resolve_model("embedded:smollm2-135m-instruct"),

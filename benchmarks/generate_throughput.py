@@ -19,6 +19,21 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+
+def chat_prompts(cfg: Any, records: list[Any], tokenizer: Any) -> list[str]:
+    """The teacher's prompt text for each record, as the pipeline's chat requests render it."""
+    from dsbs.generate.caller import teacher_request
+
+    prompts = []
+    for record in records:
+        request = teacher_request(cfg, record.task, record.id, record.input, 1)
+        messages = [{"role": r, "content": c} for r, c in request.messages or ()]
+        prompts.append(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    return prompts
 
 
 def direct_generate(
@@ -34,7 +49,7 @@ def direct_generate(
     from vllm import LLM
 
     from dsbs.config import load_config
-    from dsbs.generate.caller import sampling_for, teacher_request
+    from dsbs.generate.caller import sampling_for
     from dsbs.records import read_records
     from dsbs.teachers.vllm import _sampling_params, engine_args, set_cpu_engine_env
 
@@ -44,13 +59,7 @@ def direct_generate(
     llm = LLM(**args)
     tokenizer = llm.get_tokenizer()
     records = read_records(rows_file)
-    prompts = []
-    for record in records:
-        request = teacher_request(cfg, record.task, record.id, record.input, 1)
-        messages = [{"role": r, "content": c} for r, c in request.messages or ()]
-        prompts.append(
-            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        )
+    prompts = chat_prompts(cfg, records, tokenizer)
     params = _sampling_params(sampling_for(cfg, 1, records[0].id))
     started = time.perf_counter()
     outputs = llm.generate(prompts, params)

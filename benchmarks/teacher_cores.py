@@ -37,12 +37,13 @@ SETTINGS = {
 
 def probe(rows: int, in_flight: int, dtype: str) -> dict[str, object]:
     """The teacher engine as a replica builds it; output tokens/s of `rows` demo prompts."""
+    from generate_throughput import chat_prompts  # this script's folder is on sys.path
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from dsbs.config import load_config
     from dsbs.data.synth import synth
-    from dsbs.generate.caller import sampling_for, teacher_request
+    from dsbs.generate.caller import sampling_for
     from dsbs.records import read_records
     from dsbs.teachers.vllm import _sampling_params, engine_args, set_cpu_engine_env
 
@@ -54,14 +55,7 @@ def probe(rows: int, in_flight: int, dtype: str) -> dict[str, object]:
     records = read_records(rows_file)
 
     async def run() -> tuple[int, float]:
-        tokenizer = engine.get_tokenizer()
-        prompts = []
-        for record in records:
-            request = teacher_request(cfg, record.task, record.id, record.input, 1)
-            messages = [{"role": r, "content": c} for r, c in request.messages or ()]
-            prompts.append(
-                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            )
+        prompts = chat_prompts(cfg, records, engine.get_tokenizer())
         params = _sampling_params(sampling_for(cfg, 1, records[0].id))
         gate = asyncio.Semaphore(in_flight)
 
@@ -99,11 +93,11 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         os._exit(0)  # vLLM's background threads would keep the process alive
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cpu_isa import avx2_env
+    from cpu_isa import avx2_env  # this script's folder is on sys.path
 
     base = avx2_env() if args.avx2 else dict(os.environ)
     base["OMP_NUM_THREADS"] = "1"  # what Ray gives an actor of num_cpus 1
+    base.pop("VLLM_CPU_NUM_OF_RESERVED_CPU", None)  # each setting names its own
     for name, extra in SETTINGS.items():
         out = subprocess.run(
             [

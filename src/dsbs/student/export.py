@@ -127,8 +127,8 @@ def save_student(
     local = not storage.is_s3(uri)
     beside = Path(uri).parent if local else Path(tempfile.gettempdir())
     beside.mkdir(parents=True, exist_ok=True)
-    # mkdir, not mkdtemp: the folder keeps the umask's mode when it becomes the export.
     _remove_stale(beside, Path(uri).name)
+    # mkdir, not mkdtemp: the folder keeps the umask's mode when it becomes the export.
     staging = beside / f".{Path(uri).name}.staging-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
