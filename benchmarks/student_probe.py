@@ -25,8 +25,9 @@ def main() -> None:
     """Trains one setting and prints validation accuracy along the way."""
     from transformers import T5ForConditionalGeneration
 
-    from dsbs.data.synth import synth_arithmetic
+    from dsbs.data.synth import MAX_OPS, synth_arithmetic
     from dsbs.student.decode import generate_texts
+    from dsbs.student.model import init_output_layer
     from dsbs.student.presets import PRESETS, build_config
     from dsbs.student.tokenizer import train_tokenizer
     from dsbs.tasks import get_task
@@ -45,10 +46,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=900)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--every", type=int, default=300)
+    p.add_argument("--batch", type=int, default=16, help="rows per step")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-ops", type=int, default=0, help="synth's max_ops (0: all templates)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--hf-init", type=int, default=0, help="1: transformers' lm_head init (std 1)")
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    records = synth_arithmetic(a.n, 0, rationales=True)
+    records = synth_arithmetic(a.n, 0, rationales=True, max_ops=a.max_ops or MAX_OPS)
     if a.templates:
         prefixes = tuple(a.templates.split(","))
         records = [r for r in records if r.meta["template"].startswith(prefixes)]
@@ -65,7 +71,11 @@ def main() -> None:
         "num_heads": a.heads,
         "num_layers": a.layers,
     }
-    model = T5ForConditionalGeneration(build_config("probe", len(tok)))
+    config = build_config("probe", len(tok))
+    config.dropout_rate = a.dropout
+    model = T5ForConditionalGeneration(config)
+    if not a.hf_init:
+        init_output_layer(model)  # as dsbs builds a student from scratch
     params = sum(x.numel() for x in model.parameters()) / 1e6
     print(f"train {len(train)} valid {len(valid)} vocab {len(tok)} params {params:.2f}M")
     collate = Collator(tok, 128, 128, bool(a.rationale))
@@ -91,8 +101,8 @@ def main() -> None:
     while step < a.steps:
         order = list(range(len(train)))
         rng.shuffle(order)
-        for i in range(0, len(order) - 15, 16):
-            rows = [train[j] for j in order[i : i + 16]]
+        for i in range(0, len(order) - a.batch + 1, a.batch):
+            rows = [train[j] for j in order[i : i + a.batch]]
             batch = collate(
                 {
                     "input": [r.input for r in rows],

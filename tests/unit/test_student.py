@@ -2,6 +2,7 @@
 an export whose writes fail (a real file size limit) leaving the previous one whole."""
 
 import dataclasses
+import math
 import resource
 import signal
 from collections.abc import Iterator
@@ -11,9 +12,11 @@ import pytest
 import torch
 from chaos_record import record
 
+from dsbs.config import StudentConfig
 from dsbs.storage import StorageError
 from dsbs.student.decode import generate_texts
 from dsbs.student.export import STUDENT_FILE, StudentInfo, load_student, save_student
+from dsbs.student.model import build_student
 from dsbs.student.presets import PRESETS, build_config
 from dsbs.student.tokenizer import train_tokenizer
 from dsbs.train.plan import count_params
@@ -40,6 +43,17 @@ def test_presets_have_the_published_t5_v1_1_shapes():
         "t5-v1_1-large",
         "t5-v1_1-xl",
     }
+
+
+def test_a_student_from_scratch_starts_from_a_near_uniform_guess():
+    # transformers draws T5 v1.1's output layer at std 1 and does not scale its input: the
+    # demo's t5-mini started at a loss of about 60 (logits of std 11) where ln(vocab) is 6.
+    torch.manual_seed(0)
+    vocab = 500
+    model = build_student(StudentConfig(preset="t5-mini"), vocab)
+    inputs = torch.randint(2, vocab, (8, 24))
+    loss = model(input_ids=inputs, labels=torch.randint(2, vocab, (8, 12))).loss.item()
+    assert loss < 1.5 * math.log(vocab), loss
 
 
 @pytest.fixture

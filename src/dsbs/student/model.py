@@ -53,5 +53,29 @@ def build_student(
         import deepspeed
 
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            return T5ForConditionalGeneration(config)
-    return T5ForConditionalGeneration(config)
+            model = T5ForConditionalGeneration(config)
+        with deepspeed.zero.GatheredParameters([model.lm_head.weight], modifier_rank=0):
+            init_output_layer(model)
+        return model
+    model = T5ForConditionalGeneration(config)
+    init_output_layer(model)
+    return model
+
+
+def init_output_layer(model: Any) -> None:
+    """Draws a from-scratch T5's output layer at std d_model**-0.5 (fan-in, as its other layers).
+
+    transformers draws it at std 1.0 and (v1.1, `scale_decoder_outputs` False) does not scale
+    its input, so the first logits have std sqrt(d_model) (11 for the demo's t5-mini) and the
+    first loss is about 60 where ln(vocab) is 6; Adam moves a weight by about lr a step, so the
+    weights stay too large for most of a short training. Drawn at fan-in, the demo's student
+    ended with half the validation label loss (0.27 against 0.53) at the same accuracy
+    (BENCHMARKS.md, "Choosing the demo's student"). transformers 5 ties this layer to the
+    input embedding, which is drawn so too.
+    """
+    import torch
+
+    if getattr(model.config, "scale_decoder_outputs", False):
+        return  # T5 v1.0: the decoder's output is scaled by d_model**-0.5 already
+    with torch.no_grad():
+        model.lm_head.weight.normal_(mean=0.0, std=model.config.d_model**-0.5)
