@@ -6,9 +6,10 @@
 Chooses the demo's student settings (issue 16) on a validation split, in one process without
 Ray or DeepSpeed so that a setting costs a minute or two: rows from `dsbs data synth`
 (gold labels, oracle rationales), 20% held out for validation, a SentencePiece tokenizer
-trained on the training text (optionally splitting digits), a T5 of the given shape, AdamW with
-20 warm-up steps and linear decay, micro-batch 16. Prints the validation label accuracy (svamp
-metric: equal values) every `--every` steps, with one decoded answer.
+trained on the training text (optionally splitting digits), a T5 of the given shape with its
+output layer drawn as dsbs draws it (`--hf-init 1`: as transformers does), AdamW with 20
+warm-up steps and linear decay, `--batch` rows a step. Prints the validation label accuracy
+(svamp metric: equal values) every `--every` steps, with one decoded answer.
 """
 
 from __future__ import annotations

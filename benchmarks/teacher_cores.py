@@ -35,8 +35,18 @@ SETTINGS = {
 }
 
 
-def probe(rows: int, in_flight: int, dtype: str) -> dict[str, object]:
-    """The teacher engine as a replica builds it; output tokens/s of `rows` demo prompts."""
+def probe(
+    rows: int,
+    in_flight: int,
+    dtype: str,
+    overrides: tuple[str, ...] = (),
+    rows_file: str | None = None,
+) -> dict[str, object]:
+    """The teacher engine as a replica builds it; output tokens/s of `rows` demo prompts.
+
+    `overrides` are more `teacher.*` settings; `rows_file` replaces the synthetic rows. Also
+    returns the share of answers that parse and the share the task counts right.
+    """
     from generate_throughput import chat_prompts  # this script's folder is on sys.path
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -45,38 +55,51 @@ def probe(rows: int, in_flight: int, dtype: str) -> dict[str, object]:
     from dsbs.data.synth import synth
     from dsbs.generate.caller import sampling_for
     from dsbs.records import read_records
+    from dsbs.tasks import get_task
     from dsbs.teachers.vllm import _sampling_params, engine_args, set_cpu_engine_env
 
-    rows_file = str(Path(tempfile.mkdtemp(prefix="dsbs-cores-")) / "rows.jsonl")
-    synth("arithmetic", rows, 0, rows_file, max_ops=1)
-    cfg = load_config(None, [f"teacher.dtype={dtype}", "teacher.max_tokens=64"]).teacher
+    if rows_file is None:
+        rows_file = str(Path(tempfile.mkdtemp(prefix="dsbs-cores-")) / "rows.jsonl")
+        synth("arithmetic", rows, 0, rows_file, max_ops=1)
+    cfg = load_config(None, [f"teacher.dtype={dtype}", "teacher.max_tokens=64", *overrides]).teacher
     set_cpu_engine_env()
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(cfg)))
     records = read_records(rows_file)
 
-    async def run() -> tuple[int, float]:
+    async def run() -> tuple[list[tuple[int, str]], float]:
         prompts = chat_prompts(cfg, records, engine.get_tokenizer())
         params = _sampling_params(sampling_for(cfg, 1, records[0].id))
         gate = asyncio.Semaphore(in_flight)
 
-        async def one(prompt: str) -> int:
+        async def one(prompt: str) -> tuple[int, str]:
             async with gate:
                 last = None
                 async for out in engine.generate(prompt, params, request_id=uuid.uuid4().hex):
                     last = out
-                return len(last.outputs[0].token_ids) if last else 0
+                return (len(last.outputs[0].token_ids), last.outputs[0].text) if last else (0, "")
 
         await one(prompts[0])
         started = time.perf_counter()
-        tokens = await asyncio.gather(*(one(p) for p in prompts))
-        return sum(tokens), time.perf_counter() - started
+        answers = await asyncio.gather(*(one(p) for p in prompts))
+        return answers, time.perf_counter() - started
 
-    tokens, seconds = asyncio.run(run())
+    answers, seconds = asyncio.run(run())
     engine.shutdown()
+    task = get_task(records[0].task)
+    labels = [
+        task.parse(text, r.input).label for (_, text), r in zip(answers, records, strict=True)
+    ]
+    tokens = sum(n for n, _ in answers)
     return {
         "output_tokens": tokens,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / seconds, 1),
+        "parsed": round(sum(label is not None for label in labels) / len(records), 3),
+        "right": round(
+            sum(task.is_correct(p, r.label) for p, r in zip(labels, records, strict=True))
+            / len(records),
+            3,
+        ),
     }
 
 

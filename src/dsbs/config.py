@@ -99,6 +99,7 @@ class TeacherConfig(_Section):
             "quantization",
             "kv_cache_dtype",
             "prompt_style",
+            "num_exemplars",
             "temperature",
             "top_p",
             "max_tokens",
@@ -116,6 +117,7 @@ class TeacherConfig(_Section):
             "max_num_batched_tokens",
             "gpu_memory_utilization",
             "enable_prefix_caching",
+            "block_size",
             "api_key_env",
             "max_retries",
             "request_timeout_s",
@@ -166,8 +168,19 @@ class TeacherConfig(_Section):
     enable_prefix_caching: bool = True
     """Reuse the KV cache of the shared few-shot prefix: 5x output tokens/s measured on CPU,
     where vLLM leaves it off by default."""
+    block_size: int | None = Field(None, ge=1)
+    """Tokens per KV cache block (None: vLLM's default, 128 on CPU, 16 on GPUs). The prefix
+    cache reuses whole blocks only, so up to a block of the shared prefix is computed again
+    for every prompt: on CPU, 32 (a multiple of 32, as its kernels prefer) took the demo's
+    two-exemplar teacher from 42 s to 31 s on 128 rows (BENCHMARKS.md, "The teacher's
+    prompt")."""
     prompt_style: Literal["completion", "chat"] = "chat"
     """`chat` wraps the few-shot prompt in the model's chat template (instruct models)."""
+    num_exemplars: int | None = Field(None, ge=0)
+    """Worked examples in each prompt: the task's first N (None: all; the arithmetic task's
+    come simplest first). The demo's one-step problems take the two one-step ones: its small
+    teacher was right on 23% of them against 6% with all five (BENCHMARKS.md, "The teacher's
+    prompt")."""
     temperature: float = Field(0.0, ge=0.0)
     """Sampling temperature; 0 is greedy, as the paper's single-sample CoT."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)

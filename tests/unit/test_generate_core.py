@@ -83,11 +83,30 @@ def test_teacher_request_styles_and_seeds():
     assert completion.prompt.endswith("Q: Q?\nA:") and completion.sampling.seed is None
 
 
+def test_teacher_requests_hold_the_first_num_exemplars():
+    cfg = load_config(None, ["teacher.num_exemplars=2"])
+    chat = teacher_request(cfg.teacher, "svamp", "id-1", "Q?", 1)
+    assert len(chat.messages) == 2 + 2 * 2
+    assert chat.messages[1] == ("user", f"Q: {SVAMP.exemplars[0].input}")
+    completion = teacher_request(
+        cfg.teacher.model_copy(update={"prompt_style": "completion"}), "svamp", "id-1", "Q?", 1
+    )
+    assert completion.prompt.count("So the answer is") == 2
+    none = cfg.teacher.model_copy(update={"num_exemplars": 0})
+    assert len(teacher_request(none, "svamp", "id-1", "Q?", 1).messages) == 2
+
+
 def test_config_hash_tracks_what_the_teacher_sees_only():
     base = load_config()
     digest = config_hash(base.data, base.teacher, base.generate)
     same = load_config(
-        None, ["teacher.max_replicas=4", "generate.max_in_flight=8", "generate.shard_rows=10"]
+        None,
+        [
+            "teacher.max_replicas=4",
+            "generate.max_in_flight=8",
+            "generate.shard_rows=10",
+            "teacher.block_size=32",
+        ],
     )
     assert config_hash(same.data, same.teacher, same.generate) == digest
     for override in (
@@ -99,6 +118,7 @@ def test_config_hash_tracks_what_the_teacher_sees_only():
         # other rationales, so it is another output.
         "teacher.quantization=awq",
         "teacher.kv_cache_dtype=fp8",
+        "teacher.num_exemplars=2",
     ):
         changed = load_config(None, [override])
         assert config_hash(changed.data, changed.teacher, changed.generate) != digest, override

@@ -10,6 +10,8 @@ def test_cpu_teachers_run_eager_and_leave_vllms_batching_defaults():
     args = engine_args(TeacherConfig(model=LARGE, dtype="float32"))
     assert args["enforce_eager"] is True and args["pipeline_parallel_size"] == 1
     assert "max_num_seqs" not in args and "quantization" not in args
+    assert "block_size" not in args  # vLLM's own default unless set
+    assert engine_args(TeacherConfig(model=LARGE, block_size=32))["block_size"] == 32
     assert replica_gpus(TeacherConfig()) == 0
 
 
@@ -44,7 +46,11 @@ def test_the_engine_accepts_every_setting_passed():
 
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     cfg = TeacherConfig(
-        model=LARGE, max_num_seqs=8, max_num_batched_tokens=4096, quantization="fp8"
+        model=LARGE,
+        max_num_seqs=8,
+        max_num_batched_tokens=4096,
+        quantization="fp8",
+        block_size=32,
     )
     assert set(engine_args(cfg)) <= known
 

@@ -108,8 +108,10 @@ def teacher_request(
         "timeout_s": cfg.request_timeout_s,
     }
     if cfg.prompt_style == "chat":
-        return TeacherRequest(messages=build_messages(task, input_text), **common)
-    return TeacherRequest(prompt=build_prompt(task, input_text), **common)
+        return TeacherRequest(
+            messages=build_messages(task, input_text, cfg.num_exemplars), **common
+        )
+    return TeacherRequest(prompt=build_prompt(task, input_text, cfg.num_exemplars), **common)
 
 
 class ServeTeacher:

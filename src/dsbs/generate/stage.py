@@ -170,9 +170,9 @@ def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConf
     """
     task = get_task(data.task)
     template = (
-        build_messages(task, "{input}")
+        build_messages(task, "{input}", teacher.num_exemplars)
         if teacher.prompt_style == "chat"
-        else build_prompt(task, "{input}")
+        else build_prompt(task, "{input}", teacher.num_exemplars)
     )
     return stage_hash(
         {"data": data, "teacher": teacher, "generate": generate},

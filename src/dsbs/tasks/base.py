@@ -159,20 +159,28 @@ def format_exemplar(
     return f"Q: {input_text}\nA: {rationale} So the answer is {answer}."
 
 
-def build_prompt(task: Task, input_text: str) -> str:
-    """The few-shot chain-of-thought completion prompt for one input."""
-    shots = [format_exemplar(e.input, e.rationale, e.answer) for e in task.exemplars]
+def build_prompt(task: Task, input_text: str, num_exemplars: int | None = None) -> str:
+    """The few-shot chain-of-thought completion prompt for one input.
+
+    `num_exemplars` keeps the task's first exemplars only (None: all of them).
+    """
+    shots = [
+        format_exemplar(e.input, e.rationale, e.answer) for e in task.exemplars[:num_exemplars]
+    ]
     return "\n\n".join([*shots, format_exemplar(input_text)])
 
 
-def build_messages(task: Task, input_text: str) -> tuple[tuple[str, str], ...]:
+def build_messages(
+    task: Task, input_text: str, num_exemplars: int | None = None
+) -> tuple[tuple[str, str], ...]:
     """The few-shot chain-of-thought prompt as chat turns, for instruct models.
 
     Each exemplar is a user question and an assistant answer, so the model's chat template
-    frames them as it was trained to; the last turn is the open question.
+    frames them as it was trained to; the last turn is the open question. `num_exemplars`
+    keeps the task's first exemplars only (None: all of them).
     """
     turns: list[tuple[str, str]] = [("system", CHAT_SYSTEM)]
-    for e in task.exemplars:
+    for e in task.exemplars[:num_exemplars]:
         turns.append(("user", f"Q: {e.input}"))
         turns.append(("assistant", f"{e.rationale} So the answer is {e.answer}."))
     turns.append(("user", f"Q: {input_text}"))

@@ -59,6 +59,7 @@ def engine_args(cfg: TeacherConfig) -> dict[str, Any]:
         "max_num_seqs": cfg.max_num_seqs,
         "max_num_batched_tokens": cfg.max_num_batched_tokens,
         "quantization": cfg.quantization,
+        "block_size": cfg.block_size,
     }
     args.update({key: value for key, value in optional.items() if value is not None})
     return args
