@@ -142,16 +142,19 @@ def probe_train(steps: int) -> dict[str, object]:
     }
 
 
-def _run_probe(args: list[str], env: dict[str, str]) -> dict[str, object]:
+def json_child(command: list[str], env: dict[str, str]) -> dict[str, object]:
+    """Runs a probe process and returns the JSON object its last line prints.
+
+    One process per probe: an engine's memory, threads and ISA settings end with it.
+    """
     out = subprocess.run(
-        [sys.executable, __file__, "_probe", *args],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        command, env=env, check=True, capture_output=True, text=True, timeout=900
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _run_probe(args: list[str], env: dict[str, str]) -> dict[str, object]:
+    return json_child([sys.executable, __file__, "_probe", *args], env)
 
 
 def calibrate(rows: int, max_tokens: int, steps: int) -> None:

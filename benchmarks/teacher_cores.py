@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,32 +115,15 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         os._exit(0)  # vLLM's background threads would keep the process alive
 
-    from cpu_isa import avx2_env  # this script's folder is on sys.path
+    from cpu_isa import avx2_env, json_child  # this script's folder is on sys.path
 
     base = avx2_env() if args.avx2 else dict(os.environ)
     base["OMP_NUM_THREADS"] = "1"  # what Ray gives an actor of num_cpus 1
     base.pop("VLLM_CPU_NUM_OF_RESERVED_CPU", None)  # each setting names its own
     for name, extra in SETTINGS.items():
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--setting",
-                name,
-                "--rows",
-                str(args.rows),
-                "--in-flight",
-                str(args.in_flight),
-                "--dtype",
-                args.dtype,
-            ],
-            env={**base, **extra},
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        command = [sys.executable, __file__, "--setting", name, "--rows", str(args.rows)]
+        command += ["--in-flight", str(args.in_flight), "--dtype", args.dtype]
+        result = json_child(command, {**base, **extra})
         cpu = "emulated AVX2" if args.avx2 else "host"
         print(json.dumps({"setting": name, "dtype": args.dtype, "cpu": cpu, **result}), flush=True)
 

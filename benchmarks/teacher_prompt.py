@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -60,7 +59,7 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         os._exit(0)  # vLLM's background threads would keep the process alive
 
-    from cpu_isa import avx2_env  # this script's folder is on sys.path
+    from cpu_isa import avx2_env, json_child  # this script's folder is on sys.path
 
     rows_file = str(Path(tempfile.mkdtemp(prefix="dsbs-prompt-")) / "rows.jsonl")
     demo_train_rows(args.rows, rows_file)
@@ -68,15 +67,8 @@ def main() -> None:
     env["OMP_NUM_THREADS"] = "1"  # what Ray gives an actor of num_cpus 1
     for setting in args.settings.split(","):
         command = [sys.executable, __file__, "--setting", setting, "--rows-file", rows_file]
-        out = subprocess.run(
-            [*command, "--rows", str(args.rows), "--dtype", args.dtype],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        command += ["--rows", str(args.rows), "--dtype", args.dtype]
+        result = json_child(command, env)
         exemplars, block = setting.split(":")
         cpu = "emulated AVX2" if args.avx2 else "host"
         print(
