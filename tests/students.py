@@ -1,7 +1,9 @@
-"""A tiny trained student export for the serving tests (tests/ is on sys.path via its conftest).
+"""Small students for the tests (tests/ is on sys.path via its conftest).
 
-Trained in plain torch for a few hundred steps on both tasks, so that its answers are real
-token sequences (a random student answers with an empty string) and differ between inputs.
+`make_tiny_student`: an export for the serving tests, trained in plain torch for a few hundred
+steps on both tasks, so that its answers are real token sequences (a random student answers
+with an empty string) and differ between inputs. `tiny_training_overrides`: the config of a
+training of seconds, for the tests that train through Ray Train.
 """
 
 from __future__ import annotations
@@ -14,6 +16,26 @@ import torch
 from dsbs.student.export import LABEL_PREFIX, RATIONALE_PREFIX, StudentInfo, save_student
 from dsbs.student.presets import build_config
 from dsbs.student.tokenizer import train_tokenizer
+
+
+def tiny_training_overrides(data: str, run_dir: str, *extra: str) -> list[str]:
+    """Config overrides that train a t5-tiny on `data` (synthetic svamp rows) in seconds.
+
+    Checkpoints and validation every 12 steps; `extra` (steps among them) comes last and wins.
+    """
+    return [
+        f"train.data={data}",
+        f"pipeline.run_dir={run_dir}",
+        "data.task=svamp",
+        "student.vocab_size=300",
+        "student.max_input_length=64",
+        "student.max_target_length=48",
+        "train.micro_batch_size=8",
+        "train.eval_every=12",
+        "train.checkpoint_every=12",
+        "train.eval_max_rows=16",
+        *extra,
+    ]
 
 
 def arithmetic_pairs() -> list[tuple[str, str, str]]:

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import pytest
 from chaos_record import record
 from local_ray import local_ray
+from students import tiny_training_overrides
 from tcp_outage import TcpOutage
 
 from dsbs import storage
@@ -136,20 +137,7 @@ def test_training_rides_out_the_s3_endpoint_restarting_during_a_checkpoint_uploa
     run_dir = f"{s3_bucket}/train-run"
     cfg = load_config(
         None,
-        [
-            f"train.data={data}",
-            f"pipeline.run_dir={run_dir}",
-            "data.task=svamp",
-            "student.vocab_size=300",
-            "student.max_input_length=64",
-            "student.max_target_length=48",
-            "train.micro_batch_size=8",
-            "train.max_steps=36",
-            "train.eval_every=12",
-            "train.checkpoint_every=12",
-            "train.eval_max_rows=16",
-            "train.max_failures=2",
-        ],
+        tiny_training_overrides(data, run_dir, "train.max_steps=36", "train.max_failures=2"),
     )
 
     def uploading() -> bool:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 from chaos_record import record
+from students import tiny_training_overrides
 
 from dsbs import cli, storage
 from dsbs.config import load_config
@@ -36,23 +37,15 @@ def _config(data: str, run_dir: str, *extra: str):
 
 
 def _overrides(data: str, run_dir: str, *extra: str) -> list[str]:
-    return [
-        f"train.data={data}",
-        f"pipeline.run_dir={run_dir}",
-        "data.task=svamp",
-        "student.vocab_size=300",
-        "student.max_input_length=64",
-        "student.max_target_length=48",
+    return tiny_training_overrides(
+        data,
+        run_dir,
         f"train.alpha={ALPHA}",
         "train.lr=3e-3",
-        "train.micro_batch_size=8",
         "train.max_steps=24",
-        "train.eval_every=12",
-        "train.checkpoint_every=12",
-        "train.eval_max_rows=16",
         "train.test_fraction=0.05",
         *extra,
-    ]
+    )
 
 
 def _history(out_dir: str) -> list[dict]:
