@@ -36,6 +36,7 @@ from dsbs.cluster import ensure_ray, start_serve
 from dsbs.config import DataConfig, GenerateConfig, ServeConfig, TeacherConfig
 from dsbs.data.quarantine import check_budget, quarantine_row
 from dsbs.errors import DsbsError
+from dsbs.generate.caller import teacher_request
 from dsbs.generate.engines import TEACHERS
 from dsbs.generate.inputs import Inputs, prepare_inputs
 from dsbs.generate.outcomes import (
@@ -57,7 +58,7 @@ from dsbs.generate.shards import (
 from dsbs.records import Record
 from dsbs.rundir import StageOutput, stage_hash, write_json
 from dsbs.tasks import Task, get_task
-from dsbs.tasks.base import STOP_SEQUENCES, build_messages, build_prompt
+from dsbs.tasks.base import STOP_SEQUENCES
 from dsbs.teachers.client import percentile
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,8 @@ def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConf
     files count by what they are now (storage.fingerprint): replaced or appended inputs make a
     new output folder instead of being reported as done.
     """
-    task = get_task(data.task)
-    template = (
-        build_messages(task, "{input}", teacher.num_exemplars)
-        if teacher.prompt_style == "chat"
-        else build_prompt(task, "{input}", teacher.num_exemplars)
-    )
+    request = teacher_request(teacher, data.task, "", "{input}", 1)
+    template = request.messages if teacher.prompt_style == "chat" else request.prompt
     return stage_hash(
         {"data": data, "teacher": teacher, "generate": generate},
         {
