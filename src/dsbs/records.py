@@ -127,10 +127,22 @@ class IdAssigner:
         return f"{base}~{count}"
 
 
-def write_records(uri: str, records: Iterable[Record]) -> None:
-    """Writes records atomically as jsonl, parquet or csv (by extension)."""
+def write_records(uri: str, records: Iterable[Record], keep_same: bool = False) -> bool:
+    """Writes records atomically as jsonl, parquet or csv (by extension).
+
+    With `keep_same`, a file that already holds exactly these bytes is left as it is, so its
+    fingerprint (its modification time) stays and the stages that read it find their outputs
+    done: for the commands that write a stage's inputs, which users rerun (`make demo`).
+
+    Returns:
+        Whether the file was written.
+    """
     fmt = storage.format_of(uri)
-    storage.write_rows(uri, (r.to_row(fmt) for r in records), fmt, SCHEMA)
+    data = storage.encode_rows((r.to_row(fmt) for r in records), fmt, SCHEMA)
+    if keep_same and storage.exists(uri) and storage.read_bytes(uri) == data:
+        return False
+    storage.write_bytes(uri, data)
+    return True
 
 
 def read_records(uri: str) -> list[Record]:

@@ -64,3 +64,19 @@ def test_max_ops_keeps_the_problems_of_at_most_that_many_operations():
     assert {_operations(parse(r.label)) for r in synth_arithmetic(300, 0, max_ops=2)} == {1, 2}
     with pytest.raises(ValueError, match="max_ops"):
         synth_arithmetic(5, seed=0, max_ops=0)
+
+
+def test_synth_again_leaves_the_same_rows_untouched_so_a_rerun_skips_done_stages(tmp_path):
+    from dsbs.config import load_config
+    from dsbs.generate.stage import config_hash
+
+    out = tmp_path / "synth.jsonl"
+    synth("arithmetic", 30, 0, str(out))
+    cfg = load_config(None, [f"data.source={out}"])
+    before, written = config_hash(cfg.data, cfg.teacher, cfg.generate), out.stat().st_mtime_ns
+    line = synth("arithmetic", 30, 0, str(out))  # `make demo` twice
+    assert line.endswith("(already there, unchanged)")
+    assert out.stat().st_mtime_ns == written
+    assert config_hash(cfg.data, cfg.teacher, cfg.generate) == before
+    assert not synth("arithmetic", 31, 0, str(out)).endswith("unchanged")
+    assert len(read_records(str(out))) == 31

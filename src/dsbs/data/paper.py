@@ -191,7 +191,8 @@ def import_paper(
         "--max-bad-fraction",
         where,
     )
-    write_records(out, records)
+    # A rerun leaves the same rows as they are, and so what was trained on them.
+    write_records(out, records, keep_same=True)
     labeled = [(r.teacher_label, r.label) for r in records if r.label is not None]
     summary = ImportSummary(
         dataset=dataset,

@@ -327,7 +327,8 @@ def synth(
     """Writes `n` synthetic rows of `task` to `out` (jsonl, parquet or csv; local or s3://).
 
     With `rationales`, rows carry an oracle teacher's worked solution (see synth_arithmetic);
-    `max_ops` bounds the operations per problem.
+    `max_ops` bounds the operations per problem. A file that already holds these rows is not
+    rewritten, so a rerun (`make demo` twice) skips the stages done on it.
 
     Returns:
         The one-line summary.
@@ -342,11 +343,11 @@ def synth(
     if n <= 0:
         raise UsageError("n must be positive")
     records = SYNTH_TASKS[task](n, seed, rationales, max_ops)
-    write_records(out, records)
+    written = write_records(out, records, keep_same=True)
     templates = len({r.meta["template"] for r in records})
     oracle = " with oracle rationales" if rationales else ""
     return (
         f"synth {task}: {len(records)} rows{oracle} from {templates} templates of at most "
         f"{max_ops} operations (seed {seed}) "
-        f"-> {out}"
+        f"-> {out}{'' if written else ' (already there, unchanged)'}"
     )
