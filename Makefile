@@ -48,7 +48,7 @@ demo: setup
 	$(DEMO_DATA)
 	$(BIN)/dsbs run --config configs/local-demo.yaml
 
-# The paper's accuracy-against-data comparison on the demo's task (12 trainings, about an hour on 2 cores).
+# The paper's accuracy-against-data comparison on the demo's task (12 trainings, 60-75 minutes on 2 cores).
 sweep: setup
 	$(DEMO_DATA)
 	$(BIN)/dsbs sweep --config configs/local-demo.yaml
