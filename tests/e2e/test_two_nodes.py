@@ -1,20 +1,28 @@
 """The pipeline on a 2-node Ray cluster started with `ray start`, as a KubeRay cluster is shaped.
 
 A head that runs no work (`--num-cpus 0`, as in k8s/) and a second node joined with
-`ray start --address`, with its own HOME (so its own model cache) and its own IP on loopback.
-A local run directory is refused with the setting to use; the whole pipeline with its run
-directory on the S3 server (moto) completes, with the training workers and the student's
-replicas placed on the second node (read back from Ray's state API). Both nodes share this
-machine's disk: the separate-filesystem half is tests/integration/test_containers.py.
+`ray start --address`, with its own HOME (so its own model cache), its own Ray session folder
+(runtime environments, logs) and its own IP on loopback.
+Real everything: the job server, the embedded teacher in vLLM's CPU build behind Ray Serve,
+Ray Train + DeepSpeed, the student app over HTTP, the S3 server (moto). A local run directory
+is refused with the setting to use; the whole pipeline submitted with `ray job submit` on an
+S3 run directory completes, with the training workers and both apps' replicas placed on the
+second node (read back from Ray's state API), and `dsbs run` again on that run directory
+trains nothing and calls no teacher. The chaos scenarios here stop the training's driver and
+its node. Both nodes share this machine's disk: the separate-filesystem half is
+tests/integration/test_containers.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,7 +45,7 @@ NODE_GONE_S = 20.0
 
 @pytest.fixture(scope="module")
 def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A head (no CPUs) and a worker node (2 CPUs, its own HOME); yields their addresses."""
+    """A head (no CPUs) and a worker node (2 CPUs, its own HOME and Ray session folder)."""
     # One token for both nodes, the drivers and this process's state API calls, the way
     # KubeRay's authOptions gives every pod the same one (the second node has its own HOME,
     # so it cannot read the head's ~/.ray/auth_token).
@@ -51,6 +59,10 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         head += [f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
         head += ["--include-dashboard=true", f"--ray-client-server-port={free_port()}"]
         head += ["--disable-usage-stats", *ray_node_ports()]
+        # Its own session folder, as a pod's own disk: sharing the head's, the second node's
+        # runtime-env agent deleted a job's working_dir (the driver's cwd on the head) once
+        # the last replica using it there had stopped. Short: Ray's sockets live under it.
+        worker_tmp = tempfile.mkdtemp(prefix="dsbs-ray2-", dir="/tmp")
         try:
             started = run_command([str(BIN / "ray"), *head], env, 120)
             assert started.returncode == 0, started.stderr
@@ -59,6 +71,7 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             def join() -> None:
                 worker = ["start", f"--address=127.0.0.1:{gcs}", f"--node-ip-address={SECOND}"]
                 worker += ["--num-cpus=2", "--disable-usage-stats", *ray_node_ports()]
+                worker.append(f"--temp-dir={worker_tmp}")
                 done = run_command([str(BIN / "ray"), *worker], {**env, "HOME": str(home)}, 120)
                 assert done.returncode == 0, done.stderr
 
@@ -72,6 +85,7 @@ def two_nodes(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             }
         finally:
             run_command([str(BIN / "ray"), "stop", "--force"], env, 120)
+            shutil.rmtree(worker_tmp, ignore_errors=True)
 
 
 # Ray's state API in a process of its own: this test process may have met Ray (and its
@@ -111,16 +125,60 @@ def _wait_for_nodes(dashboard: str, env: dict[str, str], count: int) -> None:
     raise AssertionError(f"{count} Ray nodes not up")
 
 
-def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node(
+def _check_run_dir(run: str) -> dict:
+    """Checks the run directory's contract (read through dsbs.storage); returns the report."""
+
+    def read_json(*parts: str) -> dict:
+        return json.loads(storage.read_bytes(storage.join(run, *parts)))
+
+    files = set(storage.list_files(run))
+    for stage in ("generate", "train"):  # one manifest schema for every stage's output
+        pointer = read_json(stage, "manifest.json")
+        output = read_json(stage, pointer["config_hash"], "manifest.json")
+        assert output["stage"] == stage and output["config_hash"] == pointer["config_hash"]
+        assert output["complete"] is True and output["counts"]
+    generated = storage.join(run, "generate", read_json("generate", "manifest.json")["config_hash"])
+    assert storage.join(generated, "stats.json") in files
+    assert any(f.startswith(f"{generated}/data/") and f.endswith(".parquet") for f in files)
+    trained = storage.join(run, "train", read_json("train", "manifest.json")["config_hash"])
+    for name in ("metrics.json", "metrics.jsonl", "config.json", "student/dsbs_student.json"):
+        assert storage.join(trained, name) in files, name
+    assert storage.join(trained, "student", "model.safetensors") in files
+    assert any(f.startswith(f"{trained}/checkpoints/") for f in files)
+    for name in ("metrics.json", "loss.png", "accuracy.png", "index.html"):
+        assert storage.join(run, "report", name) in files, name
+    assert storage.read_bytes(storage.join(run, "report", "loss.png"))[:4] == b"\x89PNG"
+    page = storage.read_bytes(storage.join(run, "report", "index.html")).decode()
+    assert '<img src="loss.png"' in page and "distill_step_by_step" in page  # the config
+    metrics = read_json("report", "metrics.json")
+    teacher, student = metrics["teacher"], metrics["student"]
+    assert 0 < teacher["kept_fraction"] <= 1 and teacher["rows_in"] == 32
+    assert teacher["accuracy_against_gold"] is not None
+    assert student["steps"] == 20 and student["examples_per_s"] > 0
+    assert student["test_accuracy"] is not None and student["train_label_loss"] > 0
+    # The teacher is scored on the student's own test rows (its labels are in every row here).
+    assert student["teacher_test_accuracy"] is not None and student["test_rows"] > 0
+    assert "Teacher and student on the same" in page
+    assert student["train_rationale_loss"] > 0
+    assert set(metrics["stage_seconds"]) == {"generate", "train", "evaluate", "serve"}
+    answers = metrics["smoke_test"]
+    assert len(answers) == 3 and all(isinstance(a["label"], str) for a in answers)
+    assert all(a["gold"] and isinstance(a["correct"], bool) for a in answers)  # held-out rows
+    return metrics
+
+
+def test_a_pipeline_job_runs_its_work_on_the_second_node_and_a_rerun_skips_done_stages(
     two_nodes, s3_bucket, tmp_path
 ):
+    """What users do on KubeRay: `ray job submit` of the whole pipeline, then `dsbs run` again
+    from outside the cluster (`pipeline.ray_address`) on the same S3 run directory."""
     env, address = two_nodes["env"], two_nodes["gcs"]
     data = tmp_path / "synth.jsonl"
     synth = ["data", "synth", "--task", "arithmetic", "--n", "32", "--seed", "3"]
     assert run_command([str(BIN / "dsbs"), *synth, "--out", str(data)], env, 60).returncode == 0
-    dsbs_run = [str(BIN / "dsbs"), "run", "--config", TINY_CONFIG]
-    dsbs_run += [f"pipeline.ray_address={address}", f"data.source={data}"]
-    dsbs_run.append(f"serve.port={free_port()}")
+    overrides = [f"data.source={data}", f"serve.port={free_port()}"]
+    dsbs_run = [str(BIN / "dsbs"), "run", "--config", TINY_CONFIG, *overrides]
+    dsbs_run.append(f"pipeline.ray_address={address}")
 
     refused = run_command([*dsbs_run, f"pipeline.run_dir={tmp_path}"], env, 300)
     assert refused.returncode == 2  # a config error: the message says what to set
@@ -128,24 +186,45 @@ def test_a_local_run_dir_is_refused_and_an_s3_run_places_work_on_the_second_node
     assert "pipeline.run_dir=s3://" in refused.stderr
 
     run_dir = f"{s3_bucket}/two-nodes"
-    done = run_command([*dsbs_run, f"pipeline.run_dir={run_dir}"], env, 1500)
-    assert done.returncode == 0, done.stderr[-6000:]
-    # The replicas' logs reach the driver's stdout too (Ray's log_to_driver).
-    summary = [line for line in done.stdout.splitlines() if line.startswith("run: student")]
-    assert len(summary) == 1, done.stdout[-3000:]
-    report = json.loads(storage.read_bytes(f"{run_dir}/report/metrics.json"))
-    assert report["student"]["steps"] == 20 and len(report["smoke_test"]) == 3
+    job = ["job", "submit", "--address", two_nodes["dashboard"], "--working-dir", "."]
+    job += ["--", sys.executable, "ray_jobs/distill_pipeline.py", "--config", TINY_CONFIG]
+    submitted = run_command(
+        [str(BIN / "ray"), *job, *overrides, f"pipeline.run_dir={run_dir}"], env, 1500
+    )
+    output = submitted.stderr + submitted.stdout  # the job's own log streams to stdout
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
+    assert len(re.findall(r"^run: student test accuracy", output, re.M)) == 1, output[-6000:]
+    first = _check_run_dir(run_dir)
+    train_hash = json.loads(storage.read_bytes(f"{run_dir}/train/manifest.json"))["config_hash"]
+    trained = f"{run_dir}/train/{train_hash}/metrics.json"
+    metrics_before = storage.read_bytes(trained)
+
+    # Nothing to generate or train again (no teacher starts); the student is served and asked
+    # again and the report rewritten. The replicas' logs reach the driver's stdout too.
+    rerun = run_command([*dsbs_run, f"pipeline.run_dir={run_dir}"], env, 600)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    summary = [line for line in rerun.stdout.splitlines() if line.startswith("run: student")]
+    assert len(summary) == 1, rerun.stdout[-3000:]
+    second = _check_run_dir(run_dir)
+    gen_hash = json.loads(storage.read_bytes(f"{run_dir}/generate/manifest.json"))["config_hash"]
+    stats = json.loads(storage.read_bytes(f"{run_dir}/generate/{gen_hash}/stats.json"))
+    assert stats["this_run"]["teacher_calls"] == 0
+    assert stats["this_run"]["skipped_already_done"] == 32
+    assert storage.read_bytes(trained) == metrics_before  # a new training's wall time differs
+    assert second["student"]["test_accuracy"] == first["student"]["test_accuracy"]
+    assert second["smoke_test"] == first["smoke_test"]
+    assert second["stage_seconds"]["generate"] < first["stage_seconds"]["generate"]
 
     state = _state(two_nodes["dashboard"], env)
-    second = next(n["id"] for n in state["nodes"] if not n["head"])
+    second_node = next(n["id"] for n in state["nodes"] if not n["head"])
     placed: dict[str, set[str]] = {}
     for actor in state["actors"]:
         for kind in ("RayTrainWorker", "ServeReplica:dsbs-student", "ServeReplica:dsbs-teacher"):
             if actor["class"].startswith(kind):
                 placed.setdefault(kind, set()).add(actor["node"])
-    assert placed.get("RayTrainWorker") == {second}, placed
-    assert placed.get("ServeReplica:dsbs-student") == {second}, placed
-    assert placed.get("ServeReplica:dsbs-teacher") == {second}, placed
+    assert placed.get("RayTrainWorker") == {second_node}, placed
+    assert placed.get("ServeReplica:dsbs-student") == {second_node}, placed
+    assert placed.get("ServeReplica:dsbs-teacher") == {second_node}, placed
 
 
 def _train_command(two_nodes: dict, data: str, run_dir: str) -> list[str]:
