@@ -125,22 +125,28 @@ def _wait_for_nodes(dashboard: str, env: dict[str, str], count: int) -> None:
     raise AssertionError(f"{count} Ray nodes not up")
 
 
-def _check_run_dir(run: str) -> dict:
-    """Checks the run directory's contract (read through dsbs.storage); returns the report."""
+def _check_run_dir(run: str) -> tuple[dict, dict[str, str]]:
+    """Checks the run directory's contract (read through dsbs.storage).
+
+    Returns:
+        The report, and each stage's output folder by stage name.
+    """
 
     def read_json(*parts: str) -> dict:
         return json.loads(storage.read_bytes(storage.join(run, *parts)))
 
     files = set(storage.list_files(run))
+    folders: dict[str, str] = {}
     for stage in ("generate", "train"):  # one manifest schema for every stage's output
         pointer = read_json(stage, "manifest.json")
         output = read_json(stage, pointer["config_hash"], "manifest.json")
         assert output["stage"] == stage and output["config_hash"] == pointer["config_hash"]
         assert output["complete"] is True and output["counts"]
-    generated = storage.join(run, "generate", read_json("generate", "manifest.json")["config_hash"])
+        folders[stage] = storage.join(run, stage, pointer["config_hash"])
+    generated = folders["generate"]
     assert storage.join(generated, "stats.json") in files
     assert any(f.startswith(f"{generated}/data/") and f.endswith(".parquet") for f in files)
-    trained = storage.join(run, "train", read_json("train", "manifest.json")["config_hash"])
+    trained = folders["train"]
     for name in ("metrics.json", "metrics.jsonl", "config.json", "student/dsbs_student.json"):
         assert storage.join(trained, name) in files, name
     assert storage.join(trained, "student", "model.safetensors") in files
@@ -164,7 +170,7 @@ def _check_run_dir(run: str) -> dict:
     answers = metrics["smoke_test"]
     assert len(answers) == 3 and all(isinstance(a["label"], str) for a in answers)
     assert all(a["gold"] and isinstance(a["correct"], bool) for a in answers)  # held-out rows
-    return metrics
+    return metrics, folders
 
 
 def test_a_pipeline_job_runs_its_work_on_the_second_node_and_a_rerun_skips_done_stages(
@@ -194,9 +200,8 @@ def test_a_pipeline_job_runs_its_work_on_the_second_node_and_a_rerun_skips_done_
     output = submitted.stderr + submitted.stdout  # the job's own log streams to stdout
     assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
     assert len(re.findall(r"^run: student test accuracy", output, re.M)) == 1, output[-6000:]
-    first = _check_run_dir(run_dir)
-    train_hash = json.loads(storage.read_bytes(f"{run_dir}/train/manifest.json"))["config_hash"]
-    trained = f"{run_dir}/train/{train_hash}/metrics.json"
+    first, folders = _check_run_dir(run_dir)
+    trained = storage.join(folders["train"], "metrics.json")
     metrics_before = storage.read_bytes(trained)
 
     # Nothing to generate or train again (no teacher starts); the student is served and asked
@@ -205,9 +210,9 @@ def test_a_pipeline_job_runs_its_work_on_the_second_node_and_a_rerun_skips_done_
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     summary = [line for line in rerun.stdout.splitlines() if line.startswith("run: student")]
     assert len(summary) == 1, rerun.stdout[-3000:]
-    second = _check_run_dir(run_dir)
-    gen_hash = json.loads(storage.read_bytes(f"{run_dir}/generate/manifest.json"))["config_hash"]
-    stats = json.loads(storage.read_bytes(f"{run_dir}/generate/{gen_hash}/stats.json"))
+    second, again = _check_run_dir(run_dir)
+    assert again == folders
+    stats = json.loads(storage.read_bytes(storage.join(folders["generate"], "stats.json")))
     assert stats["this_run"]["teacher_calls"] == 0
     assert stats["this_run"]["skipped_already_done"] == 32
     assert storage.read_bytes(trained) == metrics_before  # a new training's wall time differs
