@@ -18,7 +18,7 @@ from dsbs import storage
 from dsbs.data.quarantine import MAX_BAD_FRACTION, Quarantine, check_budget, quarantine_path
 from dsbs.errors import UsageError
 from dsbs.records import IdAssigner, Record, write_records
-from dsbs.tasks import accuracy, get_task
+from dsbs.tasks import Task, accuracy, get_task
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,50 @@ def _teacher_outputs(files: list[str]) -> list[tuple[str, int, object]]:
     return outputs
 
 
+def _record_of(
+    task: Task,
+    row: storage.SourceRow,
+    output: tuple[str, int, object] | None,
+    n_rows: int,
+    n_outputs: int,
+    ids: IdAssigner,
+    quarantine: Quarantine,
+) -> Record | None:
+    """The record of one data row and its teacher output, or None with the row quarantined."""
+    if row.data is None:
+        kind = "not UTF-8" if row.error and row.error.startswith("not UTF-8") else "malformed JSON"
+        quarantine.add(kind, row.error or "", row.file, row.line, row.raw)
+        return None
+    if output is None:
+        reason = f"{n_rows} rows but {n_outputs} teacher outputs"
+        quarantine.add("no teacher output", reason, row.file, row.line, json.dumps(row.data))
+        return None
+    out_file, out_index, text = output
+    if not isinstance(text, str):
+        reason = f"expected a string, got {type(text).__name__}"
+        quarantine.add("teacher output not text", reason, out_file, out_index, json.dumps(row.data))
+        return None
+    try:
+        input_text = task.build_input(row.data)
+        gold = task.gold_label(row.data)
+        meta = task.row_meta(row.data)
+    except ValueError as err:
+        kind = str(err).partition(":")[0]
+        quarantine.add(kind, str(err), row.file, row.line, json.dumps(row.data))
+        return None
+    parsed = task.parse(text, input_text)
+    return Record(
+        id=ids(task.name, input_text, row.data.get("id", row.data.get("uid"))),
+        task=task.name,
+        input=input_text,
+        label=gold,
+        teacher_label=parsed.label,
+        rationale=parsed.rationale,
+        teacher_raw=text,
+        meta=meta,
+    )
+
+
 def import_paper(
     dataset: str,
     root: str,
@@ -129,52 +173,10 @@ def import_paper(
     quarantine, ids, records = Quarantine(), IdAssigner(), []
     rows = list(storage.iter_rows(data_file))
     for index, row in enumerate(rows):
-        if row.data is None:
-            kind = (
-                "not UTF-8" if row.error and row.error.startswith("not UTF-8") else "malformed JSON"
-            )
-            quarantine.add(kind, row.error or "", row.file, row.line, row.raw)
-            continue
-        if index >= len(outputs):
-            quarantine.add(
-                "no teacher output",
-                f"{len(rows)} rows but {len(outputs)} teacher outputs",
-                row.file,
-                row.line,
-                json.dumps(row.data),
-            )
-            continue
-        out_file, out_index, text = outputs[index]
-        if not isinstance(text, str):
-            quarantine.add(
-                "teacher output not text",
-                f"expected a string, got {type(text).__name__}",
-                out_file,
-                out_index,
-                json.dumps(row.data),
-            )
-            continue
-        try:
-            input_text = task.build_input(row.data)
-            gold = task.gold_label(row.data)
-            meta = task.row_meta(row.data)
-        except ValueError as err:
-            kind = str(err).partition(":")[0]
-            quarantine.add(kind, str(err), row.file, row.line, json.dumps(row.data))
-            continue
-        parsed = task.parse(text, input_text)
-        records.append(
-            Record(
-                id=ids(task.name, input_text, row.data.get("id", row.data.get("uid"))),
-                task=task.name,
-                input=input_text,
-                label=gold,
-                teacher_label=parsed.label,
-                rationale=parsed.rationale,
-                teacher_raw=text,
-                meta=meta,
-            )
-        )
+        output = outputs[index] if index < len(outputs) else None
+        record = _record_of(task, row, output, len(rows), len(outputs), ids, quarantine)
+        if record is not None:
+            records.append(record)
     for out_file, out_index, _ in outputs[len(rows) :]:
         quarantine.add(
             "teacher output without a row",
