@@ -35,31 +35,23 @@ SETTINGS = {
 
 
 def probe(
-    rows: int,
-    in_flight: int,
-    dtype: str,
-    overrides: tuple[str, ...] = (),
-    rows_file: str | None = None,
+    rows_file: str, in_flight: int, dtype: str, overrides: tuple[str, ...] = ()
 ) -> dict[str, object]:
-    """The teacher engine as a replica builds it; output tokens/s of `rows` demo prompts.
+    """The teacher engine as a replica builds it; output tokens/s over the rows of `rows_file`.
 
-    `overrides` are more `teacher.*` settings; `rows_file` replaces the synthetic rows. Also
-    returns the share of answers that parse and the share the task counts right.
+    `overrides` are more `teacher.*` settings. Also returns the share of answers that parse
+    and the share the task counts right.
     """
     from generate_throughput import chat_prompts  # this script's folder is on sys.path
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from dsbs.config import load_config
-    from dsbs.data.synth import synth
     from dsbs.generate.caller import sampling_for
     from dsbs.records import read_records
     from dsbs.tasks import get_task
     from dsbs.teachers.vllm import _sampling_params, engine_args, set_cpu_engine_env
 
-    if rows_file is None:
-        rows_file = str(Path(tempfile.mkdtemp(prefix="dsbs-cores-")) / "rows.jsonl")
-        synth("arithmetic", rows, 0, rows_file, max_ops=1)
     cfg = load_config(None, [f"teacher.dtype={dtype}", "teacher.max_tokens=64", *overrides]).teacher
     set_cpu_engine_env()
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(cfg)))
@@ -109,19 +101,25 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--avx2", action="store_true", help="under the AVX2 emulation")
     parser.add_argument("--setting", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setting is not None:
-        result = probe(args.rows, args.in_flight, args.dtype)
+        result = probe(args.rows_file, args.in_flight, args.dtype)
         print(json.dumps(result), flush=True)
         os._exit(0)  # vLLM's background threads would keep the process alive
 
     from cpu_isa import avx2_env, json_child  # this script's folder is on sys.path
 
+    from dsbs.data.synth import synth
+
+    rows_file = str(Path(tempfile.mkdtemp(prefix="dsbs-cores-")) / "rows.jsonl")
+    synth("arithmetic", args.rows, 0, rows_file, max_ops=1)
+
     base = avx2_env() if args.avx2 else dict(os.environ)
     base["OMP_NUM_THREADS"] = "1"  # what Ray gives an actor of num_cpus 1
     base.pop("VLLM_CPU_NUM_OF_RESERVED_CPU", None)  # each setting names its own
     for name, extra in SETTINGS.items():
-        command = [sys.executable, __file__, "--setting", name, "--rows", str(args.rows)]
+        command = [sys.executable, __file__, "--setting", name, "--rows-file", rows_file]
         command += ["--in-flight", str(args.in_flight), "--dtype", args.dtype]
         result = json_child(command, {**base, **extra})
         cpu = "emulated AVX2" if args.avx2 else "host"

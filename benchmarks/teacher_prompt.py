@@ -6,9 +6,9 @@
 Each setting `EXEMPLARS:BLOCK` (`teacher.num_exemplars`, `all` for every one; `teacher.block_size`,
 0 for vLLM's default, 128 on CPU) runs in its own process as `teacher_cores.py` runs the
 demo's teacher: the replica's engine and environment, the demo's chat prompts, 64 requests in
-flight. The rows are the demo's own (`dsbs data synth --task arithmetic --max-ops 1 --n 720
---seed 0`), its training rows only (the demo's hash split): the share the teacher gets right
-chooses a setting, so neither validation nor test rows are looked at. Prints output tokens/s,
+flight. The rows are the demo's own (its `data.source`, which `make demo` writes first), its
+training rows only (the demo's hash split): the share the teacher gets right chooses a
+setting, so neither validation nor test rows are looked at. Prints output tokens/s,
 the share of answers that parse and the share that are right, one JSON line per setting.
 """
 
@@ -25,16 +25,18 @@ DEMO_CONFIG = "configs/local-demo.yaml"
 
 
 def demo_train_rows(rows: int, out: str) -> None:
-    """Writes the first `rows` of the demo's synthetic rows that its split trains on."""
+    """Writes the first `rows` of the demo's own rows that its split trains on."""
     from dsbs.config import load_config
-    from dsbs.data.synth import synth_arithmetic
-    from dsbs.records import write_records
+    from dsbs.records import read_records, write_records
     from dsbs.train.examples import split_of
 
-    train = load_config(DEMO_CONFIG).train
+    cfg = load_config(DEMO_CONFIG)
+    if not Path(cfg.data.source).exists():
+        sys.exit(f"{cfg.data.source} is missing: `make demo` writes it (its first command)")
+    train = cfg.train
     records = [
         r
-        for r in synth_arithmetic(720, 0, max_ops=1)
+        for r in read_records(cfg.data.source)
         if split_of(r.id, train.valid_fraction, train.test_fraction, 1.0, train.seed) == "train"
     ]
     write_records(out, records[:rows])
@@ -55,7 +57,7 @@ def main() -> None:
         exemplars, block = args.setting.split(":")
         overrides = [] if exemplars == "all" else [f"teacher.num_exemplars={exemplars}"]
         overrides += [f"teacher.block_size={block}"] if block != "0" else []
-        result = probe(args.rows, 64, args.dtype, tuple(overrides), args.rows_file)
+        result = probe(args.rows_file, 64, args.dtype, tuple(overrides))
         print(json.dumps(result), flush=True)
         os._exit(0)  # vLLM's background threads would keep the process alive
 
@@ -67,7 +69,7 @@ def main() -> None:
     env["OMP_NUM_THREADS"] = "1"  # what Ray gives an actor of num_cpus 1
     for setting in args.settings.split(","):
         command = [sys.executable, __file__, "--setting", setting, "--rows-file", rows_file]
-        command += ["--rows", str(args.rows), "--dtype", args.dtype]
+        command += ["--dtype", args.dtype]
         result = json_child(command, env)
         exemplars, block = setting.split(":")
         cpu = "emulated AVX2" if args.avx2 else "host"

@@ -4,7 +4,7 @@ dsbs run --config configs/local-demo.yaml
 dsbs serve --model runs/demo/train/HASH/student
 dsbs config show --config configs/local-demo.yaml train.alpha=0.3
 dsbs data import-paper --dataset svamp --root datasets --split test --out svamp_test.jsonl
-dsbs data synth --task arithmetic --n 200 --seed 0 --out runs/demo/synth.jsonl
+dsbs data synth --task arithmetic --max-ops 1 --n 720 --seed 0 --out runs/demo/synth.jsonl
 """
 
 from __future__ import annotations
