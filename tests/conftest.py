@@ -14,6 +14,14 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
+# A driver with Ray's usage stats on (one that joins a `ray start` cluster, as test_generate's
+# does) starts Ray Data's usage-metrics poller, a thread that outlives ray.shutdown(). This
+# process hosts one test cluster after another, and a thread left from an earlier one once
+# ended the whole run as a later cluster shut down ("The core worker has already been
+# shutdown ... The process will exit"); the poller is the thread its id pointed to. The
+# images turn usage stats off as well (docker/).
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
 # ../shared is the project's steering folder; users don't have it, so tests that need it skip.

@@ -28,3 +28,12 @@ def local_ray(num_cpus: int) -> Iterator[None]:
         # replica for its dtype) keeps threads that would start Ray again after shutdown.
         serve.shutdown()
         ray.shutdown()
+        assert_no_ray_poller()
+
+
+def assert_no_ray_poller() -> None:
+    """Fails where Ray Data's usage poller runs in this process (tests/conftest.py: why)."""
+    import threading
+
+    names = {thread.name for thread in threading.enumerate()}
+    assert "data-usage-metrics-poller" not in names, "RAY_USAGE_STATS_ENABLED=0 was not in force"

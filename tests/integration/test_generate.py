@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from chaos_record import record
+from local_ray import assert_no_ray_poller
 from ports import free_port
 
 from dsbs import storage
@@ -75,6 +76,7 @@ def ray_head():
         serve.shutdown()
         ray.shutdown()
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        assert_no_ray_poller()
 
 
 def _config(tmp_path: Path, name: str, address: str, extra: tuple[str, ...] = (), rows: int = ROWS):
