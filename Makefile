@@ -68,7 +68,8 @@ bench: setup
 # serving and the 2-node cluster, each recording its figures (make test runs them smaller).
 CHAOS_RESULTS := runs/chaos/results.jsonl
 # One pytest process per module: a driver reused for a second module's Ray cluster was once
-# ended by Ray when a thread left from the first cluster woke up.
+# ended by Ray when a thread left from the first cluster woke up (Ray Data's usage poller,
+# now off in tests: tests/conftest.py); each module still gets a driver of its own here.
 chaos: setup
 	mkdir -p runs/chaos && rm -f $(CHAOS_RESULTS)
 	for module in $$($(BIN)/python -m pytest -m chaos --collect-only -q | grep '::' | cut -d: -f1 | sort -u); do \
