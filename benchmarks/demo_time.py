@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/demo_time.py
 
-Removes runs/demo (so that every stage runs), runs `make demo` with its output on screen,
-and prints what BENCHMARKS.md's "`make demo` from a set-up environment" table records: the
-CPU (model name, family and model, and whether it has AVX-512 and native bf16; issue 16 wants
-the figure from a CPU where `grep -c avx512 /proc/cpuinfo` prints 0), the wall time, the
-stage seconds and the student's and teacher's test accuracy from the run's report. One JSON
-line, then the table row.
+Removes the demo's run directory (its `pipeline.run_dir`, so that every stage runs), runs
+`make demo` with its output on screen, and prints what BENCHMARKS.md's "`make demo` from a
+set-up environment" table records: the CPU (model name, family and model, and whether it has
+AVX-512 and native bf16; issue 16 wants the figure from a CPU where `grep -c avx512
+/proc/cpuinfo` prints 0), the wall time, the stage seconds and the student's and teacher's
+test accuracy from the run's report. One JSON line, then the table row.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR = ROOT / "runs" / "demo"
+DEMO_CONFIG = ROOT / "configs" / "local-demo.yaml"
 
 
 def cpu_facts(cpuinfo: str) -> dict[str, object]:
@@ -74,19 +74,24 @@ def table_row(cpu: dict[str, object], wall_s: float, metrics: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--keep", action="store_true", help="keep runs/demo (done stages are skipped)"
+        "--keep",
+        action="store_true",
+        help="keep the demo's run directory (done stages are skipped)",
     )
     args = parser.parse_args()
+    from dsbs.config import load_config
+
+    run_dir = ROOT / load_config(DEMO_CONFIG).pipeline.run_dir  # what `make demo` runs
     cpu = cpu_facts(Path("/proc/cpuinfo").read_text())
     print(f"CPU: {describe(cpu)}", flush=True)
     if not args.keep:
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
     started = time.monotonic()
     done = subprocess.run(["make", "demo"], cwd=ROOT, check=False)
     wall_s = time.monotonic() - started
     if done.returncode != 0:
         sys.exit(f"make demo failed (exit {done.returncode}) after {wall_s:.0f} s")
-    metrics = json.loads((RUN_DIR / "report" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     student = metrics["student"]
     result = {
         "cpu": cpu,
