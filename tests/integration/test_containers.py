@@ -160,8 +160,14 @@ def _wait_for_nodes(address: str, count: int, container: str) -> None:
         out = podman("exec", container, "python", "-c", script, check=False, timeout=120)
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
+        if "state improper" in out.stderr:
+            break  # its `ray start` exited: the last lines of its log say why
         time.sleep(2)
-    raise AssertionError(f"{count} Ray nodes not up at {address}: {out.stderr[-2000:]}")
+    log = podman("logs", "--tail", "3", container, check=False)
+    raise AssertionError(
+        f"{count} Ray nodes not up at {address}: {out.stderr[-1000:]}\n"
+        f"{container} log ends: {(log.stdout + log.stderr)[-1500:]}"
+    )
 
 
 def _submit(address: str, *args: str, timeout: float) -> str:
