@@ -1,10 +1,11 @@
 """Free TCP ports for the test servers and Ray nodes (tests/ is on sys.path via its conftest).
 
-Ports come from below the kernel's ephemeral range, and none is handed out twice in one
-process. A port the kernel picked for `bind(0)` was free only at that moment: it lies where the
-kernel hands out ports for every outbound connection and every other `bind(0)`, and a second
-call may return it again. CI lost a containerized Ray head that way: `ray start` refuses a
-port that another of its own components, or its worker port range, already holds.
+The ports lie between Ray's default worker ports (10002-19999: a `ray start` without a range
+of its own reserves them and its workers bind them) and the kernel's ephemeral range, and are
+handed out in turn, never twice in one process. A port the kernel picks for `bind(0)` is free
+only at that moment: the kernel hands out the same range for every outbound connection and
+every other `bind(0)`, and may return it to the next call. CI lost a containerized Ray head
+that way: `ray start` refuses a port that another of its components or its worker range holds.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import secrets
 import socket
 from pathlib import Path
 
-_LOWEST = 10000
+_LOWEST = 20000
+"""Above the worker ports of a Ray node started with its defaults."""
 _taken: set[int] = set()
+_next: int | None = None
+"""Where the next search starts: ports are handed out in turn, wrapping around."""
 
 
 def ephemeral_range() -> range:
@@ -36,20 +40,29 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` consecutive ports that nothing listens on and no earlier call handed out."""
+def _span() -> range:
     ephemeral = ephemeral_range()
     if ephemeral.start - _LOWEST > 1000:
-        low, high = _LOWEST, ephemeral.start
-    else:  # a kernel that hands out nearly every port: take those above its range
-        low, high = ephemeral.stop, 65536
-    for _ in range(1000):
-        start = low + secrets.randbelow(high - count - low)
-        block = range(start, start + count)
+        return range(_LOWEST, ephemeral.start)
+    return range(ephemeral.stop, 65536)  # a kernel that hands out nearly every port
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` consecutive ports that nothing listens on and no earlier call handed out."""
+    global _next
+    span = _span()
+    if _next is None:  # a random start: two test processes on one host rarely meet
+        _next = span.start + secrets.randbelow(len(span))
+    for _ in range(len(span)):
+        if _next + count > span.stop:
+            _next = span.start
+        block = range(_next, _next + count)
+        _next += 1
         if not _taken.intersection(block) and all(_bindable(port) for port in block):
             _taken.update(block)
+            _next = block.stop
             return list(block)
-    raise RuntimeError(f"no {count} free consecutive ports in {low}-{high}")
+    raise RuntimeError(f"no {count} free consecutive ports in {span}")
 
 
 def free_port() -> int:

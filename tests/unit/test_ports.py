@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ports import ephemeral_range, free_port, ray_node_ports
 from ray._private.parameter import RayParams
+from ray.scripts.scripts import start
 
 # `ray start` flag -> the RayParams field it sets (ray/scripts/scripts.py).
 _FIELDS = {
@@ -39,7 +40,7 @@ def test_nodes_on_one_host_get_ports_ray_accepts_and_the_kernel_never_hands_out(
     # range, and the kernel gives the same range to every outbound connection.
     kernel = ephemeral_range()
     handed_out: set[int] = set()
-    for _ in range(100):
+    for _ in range(30):
         ports = _head()
         # Raises "Ray component ... is trying to use a port number ... used by other components".
         RayParams(**ports).update_pre_selected_port()
@@ -49,3 +50,15 @@ def test_nodes_on_one_host_get_ports_ray_accepts_and_the_kernel_never_hands_out(
         assert not node & handed_out, "a port handed to two nodes"
         assert not [port for port in node if port in kernel], f"ports inside {kernel}"
         handed_out |= node
+
+
+def test_a_port_for_a_node_with_default_worker_ports_is_outside_their_range():
+    # `ray start --head --port=P` without a worker range reserves 10002-19999 for workers and
+    # refuses a P inside it (test_generate's head starts so); its workers bind ports there too.
+    defaults = {param.name: param.default for param in start.params}
+    workers = range(defaults["min_worker_port"], defaults["max_worker_port"] + 1)
+    for _ in range(100):
+        port = free_port()
+        RayParams(
+            gcs_server_port=port, min_worker_port=workers.start, max_worker_port=workers.stop - 1
+        ).update_pre_selected_port()
