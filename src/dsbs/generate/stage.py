@@ -8,6 +8,7 @@
          replica range)                                                        (caller.py)
       -> [driver] a bar per answered row, overload warnings                      (progress.py)
       -> [driver] vote / parse / filter -> each input shard written whole        (outcomes.py)
+      -> [driver] stats.json, the manifest, the one-line summary                 (summary.py)
 
 Exactly once: the driver is the only writer; an input shard's outcomes are written
 atomically once all its rows are back, its counts last (shards.py), so a rerun skips the
@@ -22,10 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,24 +43,17 @@ from dsbs.generate.inputs import Inputs, prepare_inputs
 from dsbs.generate.outcomes import (
     BAD_ROW,
     ERROR_REASONS,
-    GOLD_MISMATCH,
     TEACHER_ERROR,
     UNPARSEABLE,
     outcome_of,
 )
 from dsbs.generate.progress import ProgressBoard, ProgressWatch
-from dsbs.generate.shards import (
-    ShardCounts,
-    ShardWork,
-    ShardWriter,
-    plan_resume,
-    read_counts,
-)
+from dsbs.generate.shards import ResumePlan, ShardWork, ShardWriter, plan_resume
+from dsbs.generate.summary import GenerateSummary, RunCounts, write_stats
 from dsbs.records import Record
-from dsbs.rundir import StageOutput, stage_hash, write_json
+from dsbs.rundir import StageOutput, stage_hash
 from dsbs.tasks import Task, get_task
 from dsbs.tasks.base import STOP_SEQUENCES
-from dsbs.teachers.client import percentile
 
 log = logging.getLogger(__name__)
 
@@ -122,44 +116,6 @@ class GenerationError(DsbsError):
 
     The budget (generate.max_error_fraction) counts bad input rows and teacher errors.
     """
-
-
-@dataclass(frozen=True)
-class GenerateSummary:
-    """What a generate run did; `line()` is the one-line summary."""
-
-    output: str
-    rows_in: int
-    written: int
-    quarantined: dict[str, int]
-    teacher_calls: int
-    """Inputs sent to the teacher in this run (not counting retries)."""
-    retries: int
-    """Attempts beyond the first, over this run's inputs."""
-    timeouts: int
-    """Attempts that timed out (and were aborted in the engine) in this run."""
-    in_flight: int
-    """Requests in flight at the end, as the adaptive limit left it."""
-    skipped: int
-    """Inputs already done by an earlier run of the same config."""
-    parse_rate: float
-    agreement_with_gold: float | None
-    output_tokens_per_s: float
-    wall_time_s: float
-
-    def line(self) -> str:
-        """The summary line printed at the end."""
-        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.quarantined.items())) or "none"
-        gold = "n/a" if self.agreement_with_gold is None else f"{self.agreement_with_gold:.1%}"
-        return (
-            f"generate: {self.rows_in} rows in, {self.written} written, quarantined: {reasons}; "
-            f"{self.teacher_calls} teacher calls ({self.skipped} rows already done, "
-            f"{self.retries} retries, {self.timeouts} timeouts); "
-            f"parse rate {self.parse_rate:.1%}, agreement with gold {gold}; "
-            f"{self.output_tokens_per_s:.1f} output tokens/s at {self.in_flight} in flight; "
-            f"{self.wall_time_s:.1f} s "
-            f"-> {self.output}"
-        )
 
 
 def config_hash(data: DataConfig, teacher: TeacherConfig, generate: GenerateConfig) -> str:
@@ -370,171 +326,83 @@ def generate_rationales(
     # outage does not fail every rerun before its first call.
     errors = Counter({BAD_ROW: inputs.bad})
     _check_budget(errors, total, generate.max_error_fraction, out_dir)
-    todo = inputs.rows - plan.skipped
-    calls, output_tokens, retries = 0, 0, 0
-    streaming = 0.0
-    latencies = LatencySample()
-    load: dict[str, Any] = {"timeouts": 0, "limit": 0}
-    if todo > 0:
-        ensure_ray(ray_address)
-        deployed = TEACHERS[teacher.engine].deployed
-        if deployed:
-            http = serve_http or ServeConfig()
-            start_serve(http.host, http.port)
-            _deploy_teacher(teacher, teacher_loader)
-        import ray
-
-        rows_of = {w.index: inputs.counts[w.index] for w in plan.work}
-        writer = ShardWriter(out_dir, task, plan.work, rows_of)
-        streaming_since = time.monotonic()
-        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-        try:
-            with (
-                tqdm(total=todo, desc="generate", unit="row") as bar,
-                ProgressWatch(board, bar, teacher.request_timeout_s) as watch,
-            ):
-                for batch in _stream(teacher, generate, plan.work, board).iter_batches(
-                    batch_size=None, batch_format="pyarrow"
-                ):
-                    for row in batch.to_pylist():
-                        record, bad = _outcome_for(task, row, generate.require_gold_match)
-                        if not writer.add(row["shard"], row["id"], record, bad):
-                            continue  # a retried Ray Data task repeated the row
-                        calls += 1
-                        output_tokens += row["output_tokens"] or 0
-                        retries += row["attempts"] - 1
-                        latencies.add(row["latency_s"])
-                        if bad is not None and bad["reason"] in ERROR_REASONS:
-                            errors[bad["reason"]] += 1
-                    _check_budget(errors, total, generate.max_error_fraction, out_dir)
-            load = watch.last
-            # Throughput counts the streaming phase only: the teacher's start-up and its
-            # shutdown below (seconds in serve.delete) are not generation.
-            streaming = time.monotonic() - streaming_since
-        finally:
-            writer.close()
-            if deployed and not teacher.keep_running:
-                from ray import serve
-
-                from dsbs.generate.deployment import APP_NAME
-
-                serve.delete(APP_NAME)
-    wall = time.monotonic() - started
-    this_run = RunCounts(
-        calls,
-        plan.skipped,
-        retries,
-        load["timeouts"],
-        load["limit"],
-        output_tokens,
-        latencies.values,
-    )
-    summary = _write_stats(task, output, inputs, this_run, wall, streaming)
+    run = RunCounts(skipped=plan.skipped)
+    if inputs.rows > plan.skipped:
+        with _teacher_on_cluster(teacher, ray_address, teacher_loader, serve_http):
+            _answer(task, teacher, generate, inputs, plan, errors, run, out_dir)
+    summary = write_stats(output, inputs, run, time.monotonic() - started)
     log.info(summary.line())
     return summary
 
 
-@dataclass(frozen=True)
-class RunCounts:
-    """What this run (not earlier runs of the same config) did with the teacher."""
+@contextmanager
+def _teacher_on_cluster(
+    teacher: TeacherConfig,
+    ray_address: str | None,
+    loader: Callable[[TeacherConfig], Any] | None,
+    serve_http: ServeConfig | None,
+) -> Iterator[None]:
+    """Ray joined and the teacher up for the block.
 
-    calls: int
-    skipped: int
-    retries: int
-    timeouts: int
-    in_flight: int
-    output_tokens: int
-    latencies: list[float]
-    """Seconds from an input's first attempt to its answer, retries included: a uniform
-    sample of at most LatencySample.SIZE inputs."""
-
-
-class LatencySample:
-    """A uniform sample of a run's latencies (reservoir sampling).
-
-    Its percentiles stand for the run's, in memory that does not grow with the run.
+    Engines Serve hosts (TEACHERS[...].deployed) are deployed first and deleted after, unless
+    teacher.keep_running; an `openai` teacher is someone else's server.
     """
+    ensure_ray(ray_address)
+    deployed = TEACHERS[teacher.engine].deployed
+    if deployed:
+        http = serve_http or ServeConfig()
+        start_serve(http.host, http.port)
+        _deploy_teacher(teacher, loader)
+    try:
+        yield
+    finally:
+        if deployed and not teacher.keep_running:
+            from ray import serve
 
-    SIZE = 10_000
+            from dsbs.generate.deployment import APP_NAME
 
-    def __init__(self) -> None:
-        self.values: list[float] = []
-        self.seen = 0
-        self._rng = random.Random(0)  # noqa: S311 - sampling, not security
-
-    def add(self, value: float) -> None:
-        """Counts one latency; keeps it with probability SIZE / seen."""
-        self.seen += 1
-        if len(self.values) < self.SIZE:
-            self.values.append(value)
-            return
-        slot = self._rng.randrange(self.seen)
-        if slot < self.SIZE:
-            self.values[slot] = value
+            serve.delete(APP_NAME)
 
 
-def _write_stats(
-    task: Task, output: StageOutput, inputs: Inputs, run: RunCounts, wall: float, streaming: float
-) -> GenerateSummary:
-    """Counts over the whole output (every run of this config), throughput for this run.
+def _answer(
+    task: Task,
+    teacher: TeacherConfig,
+    generate: GenerateConfig,
+    inputs: Inputs,
+    plan: ResumePlan,
+    errors: Counter[str],
+    run: RunCounts,
+    out_dir: str,
+) -> None:
+    """Streams the planned shards through the teacher and writes each as its rows come back.
 
-    Summed from the shards' counts: no row is read again.
+    Counts into `run` and `errors`; raises GenerationError once errors pass the budget.
     """
-    out_dir = output.path
-    whole = ShardCounts(0)
-    for counts in read_counts(out_dir).values():
-        whole.add(counts)
-    by_reason = Counter(whole.quarantined)
-    if inputs.bad:
-        by_reason[BAD_ROW] += inputs.bad
-    written, correct, with_gold = whole.written, whole.correct, whole.with_gold
-    prompt_total, output_total = whole.prompt_tokens, whole.output_tokens
-    answered = written + by_reason[UNPARSEABLE] + by_reason[GOLD_MISMATCH]
-    summary = GenerateSummary(
-        output=storage.join(out_dir, "data"),
-        rows_in=inputs.rows + inputs.bad,
-        written=written,
-        quarantined=dict(by_reason),
-        teacher_calls=run.calls,
-        retries=run.retries,
-        timeouts=run.timeouts,
-        in_flight=run.in_flight,
-        skipped=run.skipped,
-        parse_rate=(written + by_reason[GOLD_MISMATCH]) / answered if answered else 0.0,
-        agreement_with_gold=correct / with_gold if with_gold else None,
-        output_tokens_per_s=run.output_tokens / streaming if streaming > 0 else 0.0,
-        wall_time_s=wall,
-    )
-    stats = {
-        "rows_in": summary.rows_in,
-        "written": written,
-        "quarantined": dict(by_reason),
-        "duplicate_ids": inputs.duplicates,
-        "parse_rate": summary.parse_rate,
-        "agreement_with_gold": summary.agreement_with_gold,
-        "prompt_tokens": prompt_total,
-        "output_tokens": output_total,
-        "this_run": {
-            "teacher_calls": run.calls,
-            "skipped_already_done": summary.skipped,
-            "retries": run.retries,
-            "timeouts": run.timeouts,
-            "in_flight_at_end": run.in_flight,
-            "latency_p50_s": percentile(run.latencies, 0.5),
-            "latency_p90_s": percentile(run.latencies, 0.9),
-            "output_tokens": run.output_tokens,
-            "output_tokens_per_s": summary.output_tokens_per_s,
-            "streaming_s": streaming,
-            "wall_time_s": wall,
-        },
-    }
-    write_json(storage.join(out_dir, "stats.json"), stats)
-    output.finish(
-        complete=written + sum(by_reason.values()) == summary.rows_in,
-        counts={
-            "rows_in": summary.rows_in,
-            "written": written,
-            "quarantined": sum(by_reason.values()),
-        },
-    )
-    return summary
+    import ray
+
+    total = inputs.rows + inputs.bad
+    rows_of = {w.index: inputs.counts[w.index] for w in plan.work}
+    writer = ShardWriter(out_dir, task, plan.work, rows_of)
+    since = time.monotonic()
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    try:
+        with (
+            tqdm(total=inputs.rows - plan.skipped, desc="generate", unit="row") as bar,
+            ProgressWatch(board, bar, teacher.request_timeout_s) as watch,
+        ):
+            for batch in _stream(teacher, generate, plan.work, board).iter_batches(
+                batch_size=None, batch_format="pyarrow"
+            ):
+                for row in batch.to_pylist():
+                    record, bad = _outcome_for(task, row, generate.require_gold_match)
+                    if not writer.add(row["shard"], row["id"], record, bad):
+                        continue  # a retried Ray Data task repeated the row
+                    run.count(row)
+                    if bad is not None and bad["reason"] in ERROR_REASONS:
+                        errors[bad["reason"]] += 1
+                _check_budget(errors, total, generate.max_error_fraction, out_dir)
+        run.timeouts, run.in_flight = watch.last["timeouts"], watch.last["limit"]
+        # Throughput counts the streaming phase only, not the teacher's start-up or shutdown.
+        run.streaming_s = time.monotonic() - since
+    finally:
+        writer.close()
