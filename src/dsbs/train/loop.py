@@ -145,21 +145,9 @@ def run_training(spec: LoopSpec, data: TrainData, checkpoints: CheckpointStore) 
     train, student = spec.train, spec.student
     if not train.use_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"  # read by deepspeed at import
-    import deepspeed
-
     _configure_logging()
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(train.seed)  # same initial weights on every rank (ZeRO-3 partitions them)
-    tokenizer = load_tokenizer(fetch_folder(spec.tokenizer_dir))
-    ds_config = deepspeed_config(train)
-    # Under ZeRO-3 each rank builds only its partition of the model (zero.Init).
-    model = build_student(student, len(tokenizer), ds_config=ds_config)
-    apply_activation_checkpointing(model, train)
-    optimizer = build_optimizer(train, [p for p in model.parameters() if p.requires_grad])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
+    tokenizer, model, engine = _build_engine(spec)
     state = _restore(engine, train, checkpoints)
     rationale = train.mode == "distill_step_by_step"
     collator = Collator(tokenizer, student.max_input_length, student.max_target_length, rationale)
@@ -216,6 +204,25 @@ def run_training(spec: LoopSpec, data: TrainData, checkpoints: CheckpointStore) 
     # ZeRO-3 keeps hooks, parameter handles and its process groups on the engine: release them
     # here, while the interpreter is whole, rather than in the process's teardown.
     engine.destroy()
+
+
+def _build_engine(spec: LoopSpec) -> tuple[Any, Any, Any]:
+    """The tokenizer, the student and the DeepSpeed engine that trains it (optimizer inside)."""
+    import deepspeed  # after run_training set DS_ACCELERATOR
+
+    train = spec.train
+    torch.manual_seed(train.seed)  # same initial weights on every rank (ZeRO-3 partitions them)
+    tokenizer = load_tokenizer(fetch_folder(spec.tokenizer_dir))
+    ds_config = deepspeed_config(train)
+    # Under ZeRO-3 each rank builds only its partition of the model (zero.Init).
+    model = build_student(spec.student, len(tokenizer), ds_config=ds_config)
+    apply_activation_checkpointing(model, train)
+    optimizer = build_optimizer(train, [p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    return tokenizer, model, engine
 
 
 def _micro_batches(
