@@ -241,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_of(TrainConfig, "eval_batch_size"),
         help="rows per generate call (train.eval_batch_size's default)",
     )
+    _add_plan(groups)
+    config = groups.add_parser("config", help="inspect the configuration tree")
+    config_cmds = config.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    _add_config_args(config_cmds.add_parser("show", help="print the resolved config as YAML"))
+
+    _add_data(groups)
+    return parser
+
+
+def _add_plan(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`dsbs plan`: its flags override the config's student and training layout."""
     plan = groups.add_parser(
         "plan", help="per-GPU memory for a student size, GPU count and ZeRO stage"
     )
@@ -262,10 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--input-len", type=int, help="input tokens")
     plan.add_argument("--target-len", type=int, help="target tokens")
 
-    config = groups.add_parser("config", help="inspect the configuration tree")
-    config_cmds = config.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    _add_config_args(config_cmds.add_parser("show", help="print the resolved config as YAML"))
 
+def _add_data(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`dsbs data import-paper` and `dsbs data synth`."""
     data = groups.add_parser("data", help="prepare datasets")
     data_cmds = data.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     paper = data_cmds.add_parser(
@@ -299,7 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     synth_cmd.add_argument(
         "--out", required=True, help="output .jsonl/.parquet/.csv (local or s3://)"
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
