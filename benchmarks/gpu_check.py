@@ -45,13 +45,9 @@ def _core(zero: int, work: Path, gpu: bool) -> dict:
     from dsbs.data.synth import synth
     from dsbs.rundir import read_json
     from dsbs.student.tokenizer import train_tokenizer
+    from dsbs.train.checkpoints import FolderCheckpoints
     from dsbs.train.data import ParquetShards, tokenizer_texts, write_splits
-    from dsbs.train.loop import (
-        FolderCheckpoints,
-        LoopSpec,
-        init_process_group,
-        run_training,
-    )
+    from dsbs.train.loop import LoopSpec, init_process_group, run_training
 
     out = work / f"zero{zero}"
     source = work / "synth.jsonl"

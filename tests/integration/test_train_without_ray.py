@@ -36,13 +36,9 @@ def _rank(rank: int, world: int, port: int, spec: LoopSpec) -> None:
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
     )
+    from dsbs.train.checkpoints import FolderCheckpoints
     from dsbs.train.data import ParquetShards, SplitManifest
-    from dsbs.train.loop import (
-        FolderCheckpoints,
-        init_process_group,
-        leave_process_group,
-        run_training,
-    )
+    from dsbs.train.loop import init_process_group, leave_process_group, run_training
 
     init_process_group(use_gpu=spec.train.use_gpu)
     manifest = SplitManifest(**json.loads(storage.read_bytes(f"{spec.out_dir}/data/manifest.json")))

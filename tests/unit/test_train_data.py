@@ -8,9 +8,9 @@ from dsbs import storage
 from dsbs.config import TrainConfig
 from dsbs.records import Record, write_records
 from dsbs.train import data
+from dsbs.train.checkpoints import rank_files
 from dsbs.train.data import ParquetShards, read_examples, tokenizer_texts, write_splits
 from dsbs.train.examples import to_example
-from dsbs.train.loop import rank_files
 
 RECORDS = [
     Record(
@@ -219,7 +219,7 @@ def test_a_resuming_rank_downloads_only_its_files_from_s3(s3_bucket):
     """Ray's checkpoint.as_directory() fetched every rank's shards to every rank."""
     import os
 
-    from dsbs.train.loop import rank_checkpoint
+    from dsbs.train.checkpoints import rank_checkpoint
 
     prefix = f"{s3_bucket}/ckpt"
     names = ["latest", "dsbs_state.json", "step4/zero_pp_rank_0_mp_rank_00_model_states.pt"]

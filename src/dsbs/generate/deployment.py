@@ -14,25 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dsbs.auth import TEACHER_TOKEN_ENV, add_bearer_auth
 from dsbs.cluster import serve_queue_bound
 from dsbs.config import TeacherConfig
+from dsbs.generate.openai_schema import (
+    COMPLETION_RESPONSES,
+    ChatBody,
+    CompletionBody,
+    OpenAIBody,
+    finish_reason,
+    openai_error,
+    sse,
+    usage,
+    usage_of,
+)
 from dsbs.precision import dtype_choice
 from dsbs.teachers.base import (
-    Sampling,
     StreamingTeacher,
     Teacher,
     TeacherError,
@@ -56,97 +64,8 @@ def load_teacher(cfg: TeacherConfig) -> Teacher:
     return VllmTeacher(engine_args(cfg))
 
 
-class StreamOptions(BaseModel):
-    """`stream_options`: a last chunk with the request's token usage when asked."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    include_usage: bool = False
-
-
-_Stop = Annotated[str, Field(min_length=1)]
-
-
-class _OpenAIBody(BaseModel):
-    # OpenAI clients send fields this server ignores (logprobs, user, ...): accept them.
-    # Strict: `n: 1.5` or `stream: 0` is a client's mistake to hear about, not to round.
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    model: str | None = None
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)  # OpenAI's range, and vLLM's
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=16)
-    # Not empty: vLLM fails on an empty stop string (it was a 500).
-    stop: _Stop | list[_Stop] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-    def sampling(self) -> Sampling:
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        return Sampling(
-            self.n, self.temperature, self.top_p, self.max_tokens, tuple(stop), self.seed
-        )
-
-
-_Prompt = Annotated[str, Field(min_length=1)]
-
-
-class CompletionBody(_OpenAIBody):
-    """`POST /v1/completions`."""
-
-    # Not empty: vLLM fails on an empty prompt with an error of its own (it was a 500).
-    prompt: _Prompt | Annotated[list[_Prompt], Field(min_length=1)]
-
-
-class ChatMessage(BaseModel):
-    """One chat turn."""
-
-    model_config = ConfigDict(strict=True)
-
-    role: str
-    content: str
-
-
-class ChatBody(_OpenAIBody):
-    """`POST /v1/chat/completions`."""
-
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class OpenAIErrorDetail(BaseModel):
-    """What was wrong, as OpenAI's API says it."""
-
-    message: str
-    type: str
-    code: int
-
-
-class OpenAIError(BaseModel):
-    """The body of every error this app answers (OpenAI's format)."""
-
-    error: OpenAIErrorDetail
-
-
-_COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The completion; server-sent events when `stream` is true.",
-        "content": {"application/json": {}, "text/event-stream": {}},
-    },
-    400: {"model": OpenAIError, "description": "A parameter is wrong or over a bound."},
-    401: {"model": OpenAIError, "description": "No valid bearer token (when one is set)."},
-    503: {"description": "Every replica is full and the queue too (teacher.max_queued_requests)."},
-}
-
-
-def _openai_error(message: str, code: int) -> dict[str, Any]:
-    """OpenAI's error body: its clients show `error.message` in the exception they raise."""
-    return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
-
-
 api = FastAPI(title="dsbs teacher", description="OpenAI-compatible teacher for dsbs")
-add_bearer_auth(api, TEACHER_TOKEN_ENV, lambda message: _openai_error(message, 401))
+add_bearer_auth(api, TEACHER_TOKEN_ENV, lambda message: openai_error(message, 401))
 
 
 # Starlette's class, not FastAPI's subclass: FastAPI answers a body it cannot parse with
@@ -155,7 +74,7 @@ add_bearer_auth(api, TEACHER_TOKEN_ENV, lambda message: _openai_error(message, 4
 async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
     # Its headers too: a 405 names the allowed methods (`Allow`, RFC 9110).
     return JSONResponse(
-        _openai_error(str(err.detail), err.status_code), err.status_code, headers=err.headers
+        openai_error(str(err.detail), err.status_code), err.status_code, headers=err.headers
     )
 
 
@@ -165,29 +84,10 @@ async def _invalid_body(request: Request, err: RequestValidationError) -> JSONRe
     problems = "; ".join(
         f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in err.errors()
     )
-    return JSONResponse(_openai_error(problems, 400), 400)
+    return JSONResponse(openai_error(problems, 400), 400)
 
 
 _ids = itertools.count()
-
-
-def _usage(replies: list[TeacherReply]) -> dict[str, int]:
-    return _usage_of(sum(r.prompt_tokens for r in replies), sum(r.output_tokens for r in replies))
-
-
-def _usage_of(prompt: int, output: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
-
-
-def _reason(reply: TeacherReply, index: int) -> str:
-    # An engine that does not say why a text ended is taken to have stopped on its own.
-    reasons = reply.finish_reasons
-    return (reasons[index] if index < len(reasons) else None) or "stop"
-
-
-def _sse(data: dict[str, Any] | str) -> str:
-    """One server-sent event, as OpenAI's streaming responses frame them."""
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
 async def _merged(
@@ -282,7 +182,7 @@ class TeacherServer:
         if shutdown is not None:
             shutdown()
 
-    def _check(self, body: _OpenAIBody, prompts: int) -> None:
+    def _check(self, body: OpenAIBody, prompts: int) -> None:
         """The HTTP routes' bounds: a 400 that says which, before any work is queued.
 
         Without them one request could hold the engine for hours (max_tokens=10**7) or
@@ -315,7 +215,7 @@ class TeacherServer:
         except (TeacherError, ValueError) as err:
             raise HTTPException(status_code=400, detail=str(err)) from err
 
-    @api.get("/v1/models", responses={401: _COMPLETION_RESPONSES[401]})
+    @api.get("/v1/models", responses={401: COMPLETION_RESPONSES[401]})
     async def models(self) -> dict[str, Any]:
         """The one model this server holds."""
         return {
@@ -331,7 +231,7 @@ class TeacherServer:
 
     def _stream(
         self,
-        body: _OpenAIBody,
+        body: OpenAIBody,
         requests: list[TeacherRequest],
         head: dict[str, Any],
         choice: Callable[[int, TextDelta, bool], dict[str, Any]],
@@ -355,19 +255,19 @@ class TeacherServer:
                     output_tokens += delta.new_tokens
                     first = index not in started
                     started.add(index)
-                    yield _sse({**head, "choices": [choice(index, delta, first)]})
+                    yield sse({**head, "choices": [choice(index, delta, first)]})
             except (TeacherError, ValueError) as err:
                 # The status line went out with the first chunk: say it in the stream.
-                yield _sse({"error": {"message": str(err), "type": "invalid_request_error"}})
+                yield sse({"error": {"message": str(err), "type": "invalid_request_error"}})
                 return
             if include_usage:
-                usage = _usage_of(sum(prompt_tokens.values()), output_tokens)
-                yield _sse({**head, "choices": [], "usage": usage})
-            yield _sse("[DONE]")
+                usage = usage_of(sum(prompt_tokens.values()), output_tokens)
+                yield sse({**head, "choices": [], "usage": usage})
+            yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @api.post("/v1/completions", response_model=None, responses=_COMPLETION_RESPONSES)
+    @api.post("/v1/completions", response_model=None, responses=COMPLETION_RESPONSES)
     async def completions(self, body: CompletionBody) -> dict[str, Any] | StreamingResponse:
         """OpenAI text completions; a list of prompts gives n choices per prompt, in order."""
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -400,15 +300,15 @@ class TeacherServer:
             {
                 "index": position * body.n + j,
                 "text": text,
-                "finish_reason": _reason(reply, j),
+                "finish_reason": finish_reason(reply, j),
                 "logprobs": None,
             }
             for position, reply in enumerate(replies)
             for j, text in enumerate(reply.texts)
         ]
-        return {**head, "choices": choices, "usage": _usage(replies)}
+        return {**head, "choices": choices, "usage": usage(replies)}
 
-    @api.post("/v1/chat/completions", response_model=None, responses=_COMPLETION_RESPONSES)
+    @api.post("/v1/chat/completions", response_model=None, responses=COMPLETION_RESPONSES)
     async def chat_completions(self, body: ChatBody) -> dict[str, Any] | StreamingResponse:
         """OpenAI chat completions through the model's chat template."""
         self._check(body, 1)
@@ -433,11 +333,11 @@ class TeacherServer:
             {
                 "index": i,
                 "message": {"role": "assistant", "content": text},
-                "finish_reason": _reason(reply, i),
+                "finish_reason": finish_reason(reply, i),
             }
             for i, text in enumerate(reply.texts)
         ]
-        return {**head, "object": "chat.completion", "choices": choices, "usage": _usage([reply])}
+        return {**head, "object": "chat.completion", "choices": choices, "usage": usage([reply])}
 
 
 def teacher_app(

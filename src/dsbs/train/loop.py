@@ -8,9 +8,9 @@ spec -> tokenizer + student (partitioned under ZeRO-3) -> deepspeed.initialize
   -> test evaluation -> export (gathered module by module) -> metrics.json
 
 Plain `torch.distributed`, no Ray: the process group, the data (`TrainData`) and the
-checkpoint store (`CheckpointStore`) come from the caller. Ray Train's shell is in
+checkpoint store (`checkpoints.CheckpointStore`) come from the caller. Ray Train's shell is in
 trainer.py; a bare run (`torchrun`, one process on a GPU machine) passes
-`data.ParquetShards` and `FolderCheckpoints`.
+`data.ParquetShards` and `checkpoints.FolderCheckpoints`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import json
 import logging
 import os
 import random
-import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +39,7 @@ from dsbs.student.export import (
 )
 from dsbs.student.model import build_student
 from dsbs.student.tokenizer import load_tokenizer
+from dsbs.train.checkpoints import STATE_FILE, CheckpointStore
 from dsbs.train.deepspeed_setup import (
     apply_activation_checkpointing,
     build_optimizer,
@@ -53,9 +52,6 @@ from dsbs.train.flops import peak_tflops, token_rows, train_flops
 from dsbs.train.loss import Losses, multitask_loss, to_device
 
 log = logging.getLogger("dsbs.train")
-
-STATE_FILE = "dsbs_state.json"
-"""Loop state saved beside DeepSpeed's files in every checkpoint: step and metric history."""
 
 
 @dataclass(frozen=True)
@@ -85,18 +81,6 @@ class TrainData(Protocol):
 
     def examples(self, split: str) -> list[Example]:
         """Every row of "valid" or "test", in the same order on every rank."""
-        ...
-
-
-class CheckpointStore(Protocol):
-    """Where checkpoints go and come back from."""
-
-    def latest(self) -> AbstractContextManager[str | None]:
-        """A local folder holding (at least) this rank's files of the latest checkpoint."""
-        ...
-
-    def save(self, folder: str, step: int, metrics: dict[str, float]) -> None:
-        """Keeps this rank's part of a checkpoint written to `folder` (every rank calls it)."""
         ...
 
 
@@ -349,96 +333,6 @@ def _checkpoint(
             _write_history(spec, state)
         metrics = {k: v for k, v in state.history[-1].items() if isinstance(v, float)}
         checkpoints.save(folder, state.step, {"step": float(state.step), **metrics})
-
-
-_RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
-
-
-def rank_files(names: Sequence[str], rank: int) -> list[str]:
-    """The files of a checkpoint one rank reads to resume: none of another rank's shards.
-
-    DeepSpeed names each rank's optimizer partition (and, under ZeRO-3, its parameter
-    partition) `..zero_pp_rank_<rank>_..`; everything else (`latest`, the ZeRO-2 model
-    states, dsbs's state) every rank reads. At 11B on 8 ranks that is an eighth of the
-    folder instead of all of it.
-    """
-    keep = []
-    for name in names:
-        match = _RANK_FILE.search(os.path.basename(name))
-        if match is None or int(match.group(1)) == rank:
-            keep.append(name)
-    return keep
-
-
-@contextmanager
-def rank_checkpoint(filesystem: Any, path: str, rank: int) -> Iterator[str]:
-    """A local folder with this rank's files of the checkpoint at (pyarrow filesystem, path).
-
-    A local checkpoint is read where it is; a remote one is downloaded file by file, only the
-    files this rank reads (rank_files).
-    """
-    from pyarrow import fs
-
-    if filesystem is None or isinstance(filesystem, fs.LocalFileSystem):
-        yield path
-        return
-    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-    names = [i.path for i in infos if i.type == fs.FileType.File]
-    with tempfile.TemporaryDirectory() as folder:
-        for name in rank_files(names, rank):
-            target = os.path.join(folder, os.path.relpath(name, path))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.copy_files(
-                name,
-                target,
-                source_filesystem=filesystem,
-                destination_filesystem=fs.LocalFileSystem(),
-            )
-        yield folder
-
-
-class FolderCheckpoints:
-    """Checkpoints in `root/step<N>/` (local, shared or s3://) for a run without Ray Train.
-
-    A checkpoint counts once its state file is there: rank 0 writes it after every rank has
-    copied its shards. `resume_from` (a checkpoint folder) is used when `root` holds none.
-    """
-
-    def __init__(self, root: str, rank: int, resume_from: str | None = None) -> None:
-        """Nothing is read or written until a checkpoint is asked for or saved."""
-        self.root, self.rank, self.resume_from = root, rank, resume_from
-
-    @contextmanager
-    def latest(self) -> Iterator[str | None]:
-        """The newest complete checkpoint under root, else resume_from, else None."""
-        done = [
-            name.removesuffix("/" + STATE_FILE)
-            for name in storage.list_files(self.root)
-            if name.endswith("/" + STATE_FILE)
-        ]
-        steps = {int(m.group(1)): d for d in done if (m := re.search(r"step(\d+)$", d))}
-        chosen = steps[max(steps)] if steps else self.resume_from
-        if chosen is None:
-            yield None
-            return
-        filesystem, path = storage.pyarrow_filesystem(chosen)
-        with rank_checkpoint(filesystem, path, self.rank) as folder:
-            yield folder
-
-    def save(self, folder: str, step: int, metrics: dict[str, float]) -> None:
-        """Copies this rank's files to root/step<N>; rank 0 writes the state file last."""
-        import torch.distributed as dist
-
-        target = storage.join(self.root, f"step{step}")
-        for dirpath, _, names in os.walk(folder):
-            for name in names:
-                if name == STATE_FILE:
-                    continue
-                local = os.path.join(dirpath, name)
-                storage.upload_file(local, storage.join(target, os.path.relpath(local, folder)))
-        dist.barrier()
-        if self.rank == 0:
-            storage.upload_file(os.path.join(folder, STATE_FILE), storage.join(target, STATE_FILE))
 
 
 class StepLoss:

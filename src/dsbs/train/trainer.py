@@ -30,6 +30,7 @@ from dsbs.config import StudentConfig, TrainConfig
 from dsbs.errors import DsbsError
 from dsbs.rundir import StageOutput, current_rationales, read_json, stage_hash
 from dsbs.student.tokenizer import train_tokenizer
+from dsbs.train.checkpoints import rank_checkpoint
 from dsbs.train.data import (
     SplitManifest,
     pass_copies,
@@ -39,7 +40,7 @@ from dsbs.train.data import (
     write_splits,
 )
 from dsbs.train.examples import Example
-from dsbs.train.loop import LoopSpec, rank_checkpoint, run_training
+from dsbs.train.loop import LoopSpec, run_training
 
 log = logging.getLogger(__name__)
 
