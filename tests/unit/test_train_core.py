@@ -275,3 +275,12 @@ def test_a_worker_s_dsbs_error_ends_training_as_a_clear_error_and_a_bug_keeps_it
     assert str(clear) == f"training failed after 2 restarts: {full}"
     bug = WorkerGroupError("rank 0 failed", {0: KeyError("step")})
     assert failure_of(bug, 0) is bug
+
+
+def test_the_step_log_says_how_long_the_rest_of_the_run_takes_at_its_pace():
+    """On a slow CPU the demo's training takes several times as long: the log says so."""
+    from dsbs.train.loop import time_left
+
+    assert time_left(100.0, 50, 950) == "31 min 40 s"  # 2 s a step
+    assert time_left(10.0, 10, 5) == "5 s"
+    assert time_left(30.0, 10, 0) == "0 s"

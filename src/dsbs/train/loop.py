@@ -147,6 +147,7 @@ def run_training(spec: LoopSpec, data: TrainData, checkpoints: CheckpointStore) 
         log.info("training from step %d to %d on %d ranks", state.step, train.max_steps, world)
     rng = random.Random(train.seed * 1_000_003 + state.step)  # noqa: S311 - data order
     step_loss = StepLoss()
+    clock = (time.perf_counter(), state.step)  # this run's start, for the time left
     while state.step < train.max_steps:
         started = time.perf_counter()
         for batch in _micro_batches(data, train, rng):
@@ -166,9 +167,7 @@ def run_training(spec: LoopSpec, data: TrainData, checkpoints: CheckpointStore) 
                 state.step, step_loss.reduce(engine.device), lr, rows_per_step, collator, peak
             )
             if rank == 0 and (state.step % max(1, train.max_steps // 20) == 0):
-                log.info(
-                    "step %d/%d: %s", state.step, train.max_steps, _describe(state.history[-1])
-                )
+                _log_step(state, train.max_steps, clock)
             if valid and (state.step % train.eval_every == 0 or state.step == train.max_steps):
                 state.history.append(evaluator.run(valid, state.step, "valid"))
                 if rank == 0:
@@ -232,6 +231,23 @@ def _configure_logging() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logging.getLogger("dsbs").addHandler(handler)
     logging.getLogger("dsbs").setLevel(logging.INFO)
+
+
+def time_left(seconds: float, steps_done: int, steps_left: int) -> str:
+    """The time `steps_left` more steps take at this run's pace (evaluations included).
+
+    A slow CPU can make the demo's training take several times what it takes elsewhere; the
+    log says how long is left, so that a slow run does not look like a stuck one.
+    """
+    left = round(seconds / max(steps_done, 1) * max(steps_left, 0))
+    minutes, secs = divmod(left, 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _log_step(state: _State, max_steps: int, clock: tuple[float, int]) -> None:
+    """Logs the step's metrics and the time left; `clock` is (when, step) this run began."""
+    left = time_left(time.perf_counter() - clock[0], state.step - clock[1], max_steps - state.step)
+    log.info("step %d/%d (%s left): %s", state.step, max_steps, left, _describe(state.history[-1]))
 
 
 def _describe(row: dict[str, Any]) -> str:
