@@ -41,6 +41,11 @@ class Inputs:
     counts: list[int]
     """Rows in each shard, in the order of `files`."""
 
+    @property
+    def rows_in(self) -> int:
+        """Every row the source held: the good ones and those quarantined as bad input."""
+        return self.rows + self.bad
+
 
 def _as_record(task: Task, data: dict[str, Any], ids: IdAssigner) -> Record:
     """A source row as an input record: dsbs records pass through, raw task rows are built."""

@@ -318,14 +318,13 @@ def generate_rationales(
     out_dir = output.path
     output.write_config({"data": data, "teacher": teacher, "generate": generate}, {})
     inputs = prepare_inputs(task, data.source, out_dir, generate.shard_rows)
-    total = inputs.rows + inputs.bad
     plan = plan_resume(out_dir, inputs, task)
     if plan.retried:
         log.info("retrying %d rows that failed at the teacher in an earlier run", plan.retried)
     # The budget counts bad input rows (final) and this run's teacher errors, so an earlier
     # outage does not fail every rerun before its first call.
     errors = Counter({BAD_ROW: inputs.bad})
-    _check_budget(errors, total, generate.max_error_fraction, out_dir)
+    _check_budget(errors, inputs.rows_in, generate.max_error_fraction, out_dir)
     run = RunCounts(skipped=plan.skipped)
     if inputs.rows > plan.skipped:
         with _teacher_on_cluster(teacher, ray_address, teacher_loader, serve_http):
@@ -380,7 +379,6 @@ def _answer(
     """
     import ray
 
-    total = inputs.rows + inputs.bad
     rows_of = {w.index: inputs.counts[w.index] for w in plan.work}
     writer = ShardWriter(out_dir, task, plan.work, rows_of)
     since = time.monotonic()
@@ -400,7 +398,7 @@ def _answer(
                     run.count(row)
                     if bad is not None and bad["reason"] in ERROR_REASONS:
                         errors[bad["reason"]] += 1
-                _check_budget(errors, total, generate.max_error_fraction, out_dir)
+                _check_budget(errors, inputs.rows_in, generate.max_error_fraction, out_dir)
         run.timeouts, run.in_flight = watch.last["timeouts"], watch.last["limit"]
         # Throughput counts the streaming phase only, not the teacher's start-up or shutdown.
         run.streaming_s = time.monotonic() - since

@@ -123,7 +123,7 @@ def write_stats(
     answered = whole.written + by_reason[UNPARSEABLE] + by_reason[GOLD_MISMATCH]
     summary = GenerateSummary(
         output=storage.join(output.path, "data"),
-        rows_in=inputs.rows + inputs.bad,
+        rows_in=inputs.rows_in,
         written=whole.written,
         quarantined=dict(by_reason),
         teacher_calls=run.calls,
